@@ -1,0 +1,1 @@
+"""The hospital agent: SS-MIX2 reader, consent, diff, seal, ship."""

@@ -1,0 +1,1 @@
+"""center role (see DESIGN.md §1)."""

@@ -1,0 +1,272 @@
+"""HL7 v2 as SS-MIX2 stores it: ISO-2022-JP bytes, CR-terminated segments, a trailing 0x1C.
+
+JIS X 0208 double-byte codes contain the bytes of HL7 delimiters (京 is ``0x35 0x7E``, i.e. ``5~``), so a
+message is always **decoded to text before it is split**.  :func:`decode` takes the strict codec's fast path
+and falls back to a CP50220-style decoder for the NEC row-13 and NEC-selected IBM extension characters
+(①, Ⅰ, ㈱, 髙 …) that Japanese hospital systems emit; anything else is refused with the byte offset and a
+guess at the real encoding.  :func:`encode_message` is the inverse, used by the synthetic hospital and tests.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from hakobune.errors import UnreadableMessage
+
+ESC = 0x1B
+FS = "\x1c"
+VT = "\x0b"
+_SEGMENT_END = re.compile(r"\r\n|\r|\n")
+_ESCAPE_SEQ = re.compile(rb"\x1b(\(B|\(J|\(I|\$@|\$B|&@\x1b\$B|\$\(D|\$\(O|\$\(Q)")
+
+
+def decode(raw: bytes) -> str:
+    """Text of an ISO-2022-JP message.  Raises :class:`UnreadableMessage` naming the offending byte."""
+    try:
+        return raw.decode("iso2022_jp")
+    except UnicodeDecodeError:
+        return _decode_lenient(raw)
+
+
+def _guess_encoding(raw: bytes) -> str:
+    try:
+        raw.decode("utf-8")
+        return "UTF-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        raw.decode("cp932")
+        return "Shift_JIS"
+    except UnicodeDecodeError:
+        pass
+    try:
+        raw.decode("euc_jp")
+        return "EUC-JP"
+    except UnicodeDecodeError:
+        return "binary"
+
+
+@lru_cache(maxsize=16384)
+def _jis_pair(j1: int, j2: int) -> str:
+    """One JIS X 0208 code (with NEC row 13 and NEC-selected IBM extensions, as CP50220) to text."""
+    s1 = ((j1 + 1) >> 1) + 0x70
+    if s1 >= 0xA0:
+        s1 += 0x40
+    if j1 & 1:
+        s2 = j2 + 0x1F
+        if s2 >= 0x7F:
+            s2 += 1
+    else:
+        s2 = j2 + 0x7E
+    return bytes((s1, s2)).decode("cp932")
+
+
+def _decode_lenient(raw: bytes) -> str:
+    high = next((i for i, b in enumerate(raw) if b >= 0x80), None)
+    if high is not None:
+        raise UnreadableMessage(
+            f"not ISO-2022-JP: byte 0x{raw[high]:02x} at offset {high} (looks like {_guess_encoding(raw)})"
+        )
+    out: list[str] = []
+    mode = "ascii"
+    pos = 0
+    n = len(raw)
+    while pos < n:
+        if raw[pos] == ESC:
+            m = _ESCAPE_SEQ.match(raw, pos)
+            if m is None:
+                raise UnreadableMessage(f"not ISO-2022-JP: unknown escape sequence at offset {pos}")
+            seq = m.group(1)
+            if seq in (b"(B", b"(J"):
+                mode = "ascii"
+            elif seq == b"(I":
+                mode = "kana"
+            elif seq == b"$(D":
+                mode = "jisx0212"
+            elif seq in (b"$(O", b"$(Q"):
+                mode = "jisx0213"
+            else:
+                mode = "jis"
+            pos = m.end()
+            continue
+        end = raw.find(b"\x1b", pos)
+        if end < 0:
+            end = n
+        chunk = raw[pos:end]
+        if mode == "ascii":
+            out.append(chunk.decode("ascii"))
+        elif mode == "kana":
+            out.append(bytes(b + 0x80 for b in chunk).decode("cp932"))
+        else:
+            if len(chunk) % 2:
+                raise UnreadableMessage(f"not ISO-2022-JP: odd-length double-byte run at offset {pos}")
+            for i in range(0, len(chunk), 2):
+                j1, j2 = chunk[i], chunk[i + 1]
+                if not (0x21 <= j1 <= 0x7E and 0x21 <= j2 <= 0x7E):
+                    raise UnreadableMessage(f"not ISO-2022-JP: invalid double-byte code at offset {pos + i}")
+                try:
+                    if mode == "jis":
+                        out.append(_jis_pair(j1, j2))
+                    else:
+                        designator = b"\x1b$(D" if mode == "jisx0212" else b"\x1b$(Q"
+                        codec = "iso2022_jp_2" if mode == "jisx0212" else "iso2022_jp_2004"
+                        out.append((designator + bytes((j1, j2)) + b"\x1b(B").decode(codec))
+                except UnicodeDecodeError:
+                    raise UnreadableMessage(
+                        f"not ISO-2022-JP: unmapped double-byte code at offset {pos + i}"
+                    ) from None
+        pos = end
+    return "".join(out)
+
+
+def split_segments(text: str) -> list[str]:
+    """Segments of a decoded message; tolerates CR, LF or CRLF, MLLP framing bytes and blank lines."""
+    if text and text[0] == VT:
+        text = text[1:]
+    text = text.rstrip("\r\n" + FS)
+    return [s for s in _SEGMENT_END.split(text) if s]
+
+
+def fields_of(segment: str, sep: str = "|") -> list[str]:
+    """Fields of a segment, indexed so that ``fields[n]`` is field n (``MSH-1`` is the separator itself)."""
+    parts = segment.split(sep)
+    if parts[0] == "MSH":
+        parts.insert(1, sep)
+    return parts
+
+
+_ESCAPES = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\"}
+_UNESCAPE = re.compile(r"\\(F|S|T|R|E|X[0-9A-Fa-f]*|\.br|H|N)\\")
+
+
+def unescape(value: str) -> str:
+    """Resolve HL7 escape sequences (``\\F\\`` → ``|`` …; formatting codes dropped, ``\\.br\\`` → newline)."""
+    if "\\" not in value:
+        return value
+    return _UNESCAPE.sub(_unescape_one, value)
+
+
+def _unescape_one(m: re.Match[str]) -> str:
+    tok = m.group(1)
+    if tok in _ESCAPES:
+        return _ESCAPES[tok]
+    if tok == ".br":
+        return "\n"
+    if tok.startswith("X"):
+        try:
+            return bytes.fromhex(tok[1:]).decode("latin-1")
+        except ValueError:
+            return ""
+    return ""
+
+
+def escape(value: str) -> str:
+    """HL7-escape a value so it survives as one component (``\\`` first, then the delimiters)."""
+    if not any(c in value for c in "\\|^&~\r\n"):
+        return value
+    return (
+        value.replace("\\", "\\E\\")
+        .replace("|", "\\F\\")
+        .replace("^", "\\S\\")
+        .replace("&", "\\T\\")
+        .replace("~", "\\R\\")
+        .replace("\r\n", "\\.br\\")
+        .replace("\n", "\\.br\\")
+        .replace("\r", "\\.br\\")
+    )
+
+
+def encode_message(segments: list[str]) -> bytes:
+    """Bytes of a message as SS-MIX2 stores it: ISO-2022-JP, CR after each segment, a trailing 0x1C.
+
+    Characters outside JIS X 0208 that hospital systems still write (NEC row 13 such as ①, NEC-selected IBM
+    extensions such as 髙) are encoded as CP50220 does, so :func:`decode` reads them back."""
+    text = "\r".join(segments) + "\r" + FS
+    try:
+        return text.encode("iso2022_jp")
+    except UnicodeEncodeError:
+        return _encode_lenient(text)
+
+
+def _encode_lenient(text: str) -> bytes:
+    out = bytearray()
+    mode = b"(B"
+    for ch in text:
+        if ord(ch) < 0x80:
+            want, body = b"(B", ch.encode("ascii")
+        elif 0xFF61 <= ord(ch) <= 0xFF9F:  # half-width katakana: JIS X 0201 (ESC ( I)
+            want, body = b"(I", bytes((ch.encode("cp932")[0] - 0x80,))
+        else:
+            try:
+                body = ch.encode("iso2022_jp").removeprefix(b"\x1b$B").removesuffix(b"\x1b(B")
+            except UnicodeEncodeError:
+                body = _cp932_to_jis(ch)
+            want = b"$B"
+        if want != mode:
+            out += b"\x1b" + want
+            mode = want
+        out += body
+    if mode != b"(B":
+        out += b"\x1b(B"
+    return bytes(out)
+
+
+def _cp932_to_jis(ch: str) -> bytes:
+    """JIS row/cell bytes of a CP932 character (inverse of :func:`_jis_pair`); IBM extensions are first
+    mapped to their NEC-selected equivalents by CP932's own normalisation."""
+    try:
+        s = ch.encode("cp932")
+    except UnicodeEncodeError:
+        raise ValueError(f"character U+{ord(ch):04X} has no ISO-2022-JP (CP50220) encoding") from None
+    if len(s) != 2:
+        raise ValueError(f"character U+{ord(ch):04X} is not a double-byte JIS character")
+    s1, s2 = s
+    if s1 >= 0xFA:  # IBM extension block: use the NEC-selected copy (rows 89-92)
+        for cand in range(0xED40, 0xEEFD):
+            c = bytes((cand >> 8, cand & 0xFF))
+            try:
+                if c.decode("cp932") == ch:
+                    s1, s2 = c
+                    break
+            except UnicodeDecodeError:
+                continue
+        else:
+            raise ValueError(f"character U+{ord(ch):04X} has no JIS row/cell")
+    s1 -= 0x40 if s1 >= 0xE0 else 0
+    j1 = (s1 - 0x70) * 2 - 1
+    if s2 >= 0x9F:
+        j1 += 1
+        j2 = s2 - 0x7E
+    else:
+        j2 = s2 - 0x1F - (1 if s2 >= 0x80 else 0)
+    return bytes((j1, j2))
+
+
+def component(value: str, n: int, sep: str = "^") -> str:
+    """Component n (1-based) of a field, or ""."""
+    if sep not in value:
+        return value if n == 1 else ""
+    parts = value.split(sep)
+    return parts[n - 1] if n <= len(parts) else ""
+
+
+_DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?$")
+
+
+def to_iso(dtm: str) -> str:
+    """HL7 DT/DTM (``20111219``, ``201112191500``, ``20110701113813.225``) to ISO 8601 text
+    (``2011-12-19``, ``2011-12-19T15:00``, ``2011-07-01T11:38:13``).  Text that is not a date is kept as is."""
+    m = _DTM.match(dtm)
+    if m is None:
+        return dtm
+    y, mo, d, h, mi, s, _tz = m.groups()
+    if mo is None:
+        return y
+    if d is None:
+        return f"{y}-{mo}"
+    if not ("01" <= mo <= "12" and "01" <= d <= "31"):
+        return dtm
+    if h is None:
+        return f"{y}-{mo}-{d}"
+    return f"{y}-{mo}-{d}T{h}:{mi or '00'}" + (f":{s}" if s else "")

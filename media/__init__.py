@@ -1,0 +1,1 @@
+"""media role (see DESIGN.md §1)."""

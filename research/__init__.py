@@ -1,0 +1,1 @@
+"""research role (see DESIGN.md §1)."""

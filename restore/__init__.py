@@ -1,0 +1,1 @@
+"""restore role (see DESIGN.md §1)."""
