@@ -256,7 +256,16 @@ _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([
 
 def to_iso(dtm: str) -> str:
     """HL7 DT/DTM (``20111219``, ``201112191500``, ``20110701113813.225``) to ISO 8601 text
-    (``2011-12-19``, ``2011-12-19T15:00``, ``2011-07-01T11:38:13``).  Text that is not a date is kept as is."""
+    (``2011-12-19``, ``2011-12-19T15:00``, ``2011-07-01T11:38:13``).
+    Text that is not a date is kept as is."""
+    n = len(dtm)
+    if n == 8 and dtm.isdigit() and "01" <= dtm[4:6] <= "12" and "01" <= dtm[6:8] <= "31":
+        return f"{dtm[0:4]}-{dtm[4:6]}-{dtm[6:8]}"
+    if n == 0:
+        return ""
+    if (n == 12 or n == 14) and dtm.isdigit() and "01" <= dtm[4:6] <= "12" and "01" <= dtm[6:8] <= "31":
+        iso = f"{dtm[0:4]}-{dtm[4:6]}-{dtm[6:8]}T{dtm[8:10]}:{dtm[10:12]}"
+        return iso + f":{dtm[12:14]}" if n == 14 else iso
     m = _DTM.match(dtm)
     if m is None:
         return dtm

@@ -193,7 +193,9 @@ def _coding(v: Any) -> Coding | None:
 
 
 def _component(v: dict[str, Any]) -> InjectionComponent:
-    return InjectionComponent(role=v["role"], drug=Coding(**v["drug"]), amount=v["amount"], unit=_coding(v["unit"]))
+    return InjectionComponent(
+        role=v["role"], drug=Coding(**v["drug"]), amount=v["amount"], unit=_coding(v["unit"])
+    )
 
 
 _CONVERTERS: dict[str, Any] = {

@@ -1,0 +1,467 @@
+"""SS-MIX2 segments → canonical records, one mapper per data type.
+
+Segments arrive padded to :data:`agent.ssmix2.message.PAD` fields, so fields are indexed directly.
+
+Field positions follow the SS-MIX2 guideline (構成の説明と構築ガイドライン) and JAMI's ssmix2-to-fhir
+ConceptMaps; the comment beside each assignment names the HL7 field.  Coded values keep the message's own
+table id (``HOT9``, ``JC10``, ``MDCDX2`` …); :mod:`hakobune.codes` maps those to FHIR systems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agent.ssmix2.layout import SsmixName
+from agent.ssmix2.message import Message
+from hakobune.hl7 import to_iso, unescape
+from hakobune.records import (
+    Allergy,
+    Coding,
+    Condition,
+    Injection,
+    InjectionComponent,
+    LabResult,
+    Patient,
+    Prescription,
+    Record,
+    RecordKey,
+)
+
+Warnings = list[str]
+
+
+class _Ctx:
+    """Field access for one message, with its delimiters."""
+
+    __slots__ = ("comp", "name", "rep", "sub")
+
+    def __init__(self, msg: Message, name: SsmixName) -> None:
+        d = msg.delimiters
+        self.comp, self.rep, self.sub = d.component, d.repetition, d.subcomponent
+        self.name = name
+
+    def key(self, item: str) -> RecordKey:
+        n = self.name
+        return RecordKey(n.patient_id, n.care_date, n.data_type, n.order_no, item)
+
+    def comps(self, value: str) -> list[str]:
+        return value.split(self.comp)
+
+    def coding(self, value: str, sep: str | None = None) -> Coding | None:
+        """CWE/CE (code^text^system) or, with ``sep=sub``, its subcomponent form; None when empty."""
+        if not value:
+            return None
+        parts = value.split(sep or self.comp, 3)
+        if "\\" in value:
+            parts = [unescape(x) for x in parts]
+        n = len(parts)
+        if n >= 3:
+            return Coding(parts[0], parts[1], parts[2]) if parts[0] or parts[1] else None
+        if n == 2:
+            return Coding(parts[0], parts[1]) if parts[0] or parts[1] else None
+        return Coding(parts[0])
+
+    def first_rep(self, value: str) -> str:
+        return value.split(self.rep, 1)[0]
+
+
+def _pid(ctx: _Ctx, msg: Message, warnings: Warnings) -> list[str] | None:
+    for seg in msg.segments:
+        if seg[0] == "PID":
+            pid3 = ctx.comps(ctx.first_rep(seg[3]))[0]
+            if pid3 and pid3 != ctx.name.patient_id:
+                warnings.append("PID-3 differs from the file's patient ID")
+            return seg
+    return None
+
+
+def _is_kana(text: str) -> bool:
+    return bool(text) and all(
+        "\u30a0" <= c <= "\u30ff" or "\uff65" <= c <= "\uff9f" or "\u3040" <= c <= "\u309f" or c in " 　"
+        for c in text
+    )
+
+
+def map_patient(ctx: _Ctx, pid: list[str]) -> Patient:
+    fam_kanji = giv_kanji = fam_kana = giv_kana = ""
+    for rep in pid[5].split(ctx.rep):  # PID-5 patient name: XPN, I = ideographic, P = phonetic
+        c = ctx.comps(rep)
+        family = unescape(c[0]) if c else ""
+        given = unescape(c[1]) if len(c) > 1 else ""
+        repr_code = c[7] if len(c) > 7 else ""
+        if repr_code == "P" or (repr_code != "I" and _is_kana(family + given)):
+            if not (fam_kana or giv_kana):
+                fam_kana, giv_kana = family, given
+        elif not (fam_kanji or giv_kanji):
+            fam_kanji, giv_kanji = family, given
+    sex = pid[8][:1]
+    postal = address = ""
+    for rep in pid[11].split(ctx.rep):  # PID-11 XAD: home (H) first
+        c = ctx.comps(rep)
+        if not any(c):
+            continue
+        full = unescape(c[7]) if len(c) > 7 else ""
+        if not full:
+            full = "".join(unescape(x) for x in (c[3:4] + c[2:3] + c[0:2]) if x)
+        if not address or (len(c) > 6 and c[6] == "H"):
+            postal, address = (c[4] if len(c) > 4 else ""), full
+            if len(c) > 6 and c[6] == "H":
+                break
+    return Patient(
+        key=ctx.key("PID"),
+        family_kanji=fam_kanji,
+        given_kanji=giv_kanji,
+        family_kana=fam_kana,
+        given_kana=giv_kana,
+        birth_date=to_iso(pid[7][:8]),  # PID-7
+        sex=sex if sex in ("M", "F", "O") else "U",  # PID-8
+        postal_code=postal,
+        address=address,
+    )
+
+
+def _map_adt00(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    pid = _pid(ctx, msg, w)
+    if pid is None:
+        raise _missing("PID")
+    out: list[Record] = [map_patient(ctx, pid)]
+    n = 0
+    for seg in msg.segments:
+        if seg[0] != "AL1":
+            continue
+        n += 1
+        allergen = ctx.coding(seg[3])  # AL1-3 allergen code/mnemonic/description
+        if allergen is None:
+            w.append("AL1 without an allergen")
+            continue
+        out.append(
+            Allergy(
+                key=ctx.key(f"AL1.{n}"),
+                category=ctx.coding(seg[2]) or Coding(""),  # AL1-2 allergen type
+                allergen=allergen,
+                severity=ctx.coding(seg[4]),  # AL1-4 severity
+                reaction=unescape(seg[5]),  # AL1-5 reaction
+                onset=to_iso(seg[6]),  # AL1-6 identification date
+            )
+        )
+    return out
+
+
+def _map_adt61(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    if _pid(ctx, msg, w) is None:
+        raise _missing("PID")
+    out: list[Record] = []
+    n = 0
+    for seg in msg.segments:
+        if seg[0] != "IAM":
+            continue
+        n += 1
+        allergen = ctx.coding(seg[3])  # IAM-3 allergen code
+        if allergen is None:
+            w.append("IAM without an allergen")
+            continue
+        onset = to_iso(seg[11]) or unescape(seg[12])  # IAM-11 onset date, IAM-12 onset text
+        out.append(
+            Allergy(
+                key=ctx.key(f"IAM.{n}"),
+                category=ctx.coding(seg[2]) or Coding(""),  # IAM-2 allergen type
+                allergen=allergen,
+                severity=ctx.coding(seg[4]),  # IAM-4 severity
+                reaction=unescape(seg[5]),  # IAM-5 reaction
+                onset=onset,
+                action=ctx.comps(seg[6])[0],  # IAM-6 action code (A/U/D)
+            )
+        )
+    return out
+
+
+def _map_ppr01(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    if _pid(ctx, msg, w) is None:
+        raise _missing("PID")
+    out: list[Record] = []
+    n = 0
+    for seg in msg.segments:
+        if seg[0] != "PRB":
+            continue
+        n += 1
+        code = ctx.coding(seg[3])  # PRB-3 problem ID (MEDIS disease exchange code)
+        if code is None:
+            w.append("PRB without a problem code")
+            continue
+        icd = ctx.comps(seg[10])  # PRB-10 problem classification: ICD-10^^I10
+        ranking = ctx.comps(seg[18])[0]  # PRB-18 problem ranking: 1 = main diagnosis
+        out.append(
+            Condition(
+                key=ctx.key(str(n)),
+                code=code,
+                icd10=icd[0] if len(icd) < 3 or icd[2] in ("I10", "ICD10") else "",
+                name=unescape(seg[17]) or code.display,  # PRB-17 onset text (the disease name)
+                onset=to_iso(seg[16]),  # PRB-16 problem date of onset
+                recorded=to_iso(seg[7]),  # PRB-7 problem established date
+                resolved=to_iso(seg[9]),  # PRB-9 actual problem resolution date
+                outcome=ctx.coding(seg[14]),  # PRB-14 problem life cycle status (HL70241)
+                main=ranking == "1",
+                action=seg[1],  # PRB-1 action code
+                instance_id=seg[4],  # PRB-4 problem instance ID
+            )
+        )
+    return out
+
+
+def _orc_groups(msg: Message) -> list[list[list[str]]]:
+    """Segments after MSH/PID/PV1 split into order groups, each starting at an ORC."""
+    groups: list[list[list[str]]] = []
+    for seg in msg.segments:
+        if seg[0] == "ORC":
+            groups.append([seg])
+        elif groups:
+            groups[-1].append(seg)
+    return groups
+
+
+def _first(group: list[list[str]], sid: str) -> list[str] | None:
+    for seg in group:
+        if seg[0] == sid:
+            return seg
+    return None
+
+
+def _map_rde_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    if _pid(ctx, msg, w) is None:
+        raise _missing("PID")
+    out: list[Record] = []
+    n = 0
+    for group in _orc_groups(msg):
+        orc = group[0]
+        tq1 = _first(group, "TQ1")
+        rxr = _first(group, "RXR")
+        for seg in group:
+            if seg[0] != "RXE":
+                continue
+            n += 1
+            drug = ctx.coding(seg[2])  # RXE-2 give code (HOT9)
+            if drug is None:
+                w.append("RXE without a drug code")
+                continue
+            days = usage = None
+            start = end = ""
+            if tq1 is not None:
+                usage = ctx.coding(ctx.comps(tq1[3])[0], ctx.sub)  # TQ1-3 repeat pattern (JAMI usage)
+                dur = ctx.comps(tq1[6])  # TQ1-6 service duration: n^d
+                days = dur[0] if len(dur) > 1 and dur[1] == "d" else None
+                start, end = to_iso(tq1[7]), to_iso(tq1[8])
+            out.append(
+                Prescription(
+                    key=ctx.key(str(n)),
+                    event="order",
+                    drug=drug,
+                    amount=seg[3],  # RXE-3 give amount - minimum
+                    unit=ctx.coding(seg[5]),  # RXE-5 give units
+                    dosage_form=ctx.coding(seg[6]),  # RXE-6 give dosage form
+                    total_daily=ctx.comps(seg[19])[0],  # RXE-19 total daily dose
+                    dispense_amount=seg[10],  # RXE-10 dispense amount
+                    dispense_unit=ctx.coding(seg[11]),  # RXE-11 dispense units
+                    usage=usage,
+                    days=days or "",
+                    route=ctx.coding(rxr[1]) if rxr else None,  # RXR-1 route
+                    start=start,
+                    end=end,
+                    ordered_at=to_iso(orc[9]),  # ORC-9 date/time of transaction
+                    rp=orc[4],  # ORC-4 placer group number (Rp)
+                )
+            )
+    if n == 0:
+        raise _missing("RXE")
+    return out
+
+
+def _map_ras_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    if _pid(ctx, msg, w) is None:
+        raise _missing("PID")
+    out: list[Record] = []
+    n = 0
+    for g, group in enumerate(_orc_groups(msg), start=1):
+        rxr = _first(group, "RXR")
+        r = 0
+        for seg in group:
+            if seg[0] != "RXA":
+                continue
+            n += 1
+            r += 1
+            drug = ctx.coding(seg[5])  # RXA-5 administered code (HOT9)
+            if drug is None:
+                w.append("RXA without a drug code")
+                continue
+            out.append(
+                Prescription(
+                    key=ctx.key(f"{g}.{r}"),
+                    event="administration",
+                    drug=drug,
+                    amount=seg[6],  # RXA-6 administered amount
+                    unit=ctx.coding(seg[7]),  # RXA-7 administered units
+                    route=ctx.coding(rxr[1]) if rxr else None,
+                    start=to_iso(seg[3]),  # RXA-3 start of administration
+                    end=to_iso(seg[4]),  # RXA-4 end of administration
+                    ordered_at=to_iso(group[0][9]),
+                    rp=group[0][4],
+                    status=seg[20],  # RXA-20 completion status
+                )
+            )
+    if n == 0:
+        raise _missing("RXA")
+    return out
+
+
+def _map_rde_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    if _pid(ctx, msg, w) is None:
+        raise _missing("PID")
+    out: list[Record] = []
+    n = 0
+    for group in _orc_groups(msg):
+        rxe = _first(group, "RXE")
+        if rxe is None:
+            continue
+        n += 1
+        tq1 = _first(group, "TQ1")
+        rxr = _first(group, "RXR")
+        comps = tuple(
+            InjectionComponent(
+                role=seg[1],  # RXC-1 component type: B base, A additive
+                drug=ctx.coding(seg[2]) or Coding(""),  # RXC-2 component code (HOT9)
+                amount=seg[3],  # RXC-3 component amount
+                unit=ctx.coding(seg[4]),  # RXC-4 component units
+            )
+            for seg in group
+            if seg[0] == "RXC"
+        )
+        rate_unit = ctx.comps(rxe[24])[0]  # RXE-24 give rate units
+        out.append(
+            Injection(
+                key=ctx.key(str(n)),
+                event="order",
+                components=comps,
+                total_amount=rxe[3],  # RXE-3 give amount
+                unit=ctx.coding(rxe[5]),  # RXE-5 give units
+                rate=(rxe[23] + (" " + rate_unit if rate_unit else "")) if rxe[23] else "",  # RXE-23
+                route=ctx.coding(rxr[1]) if rxr else None,
+                instructions=unescape(" ".join(x for x in ctx.comps(rxe[7]) if x)),  # RXE-7
+                start=to_iso(tq1[7]) if tq1 else "",  # TQ1-7 start date/time
+                end=to_iso(tq1[8]) if tq1 else "",  # TQ1-8 end date/time
+                ordered_at=to_iso(group[0][9]),
+            )
+        )
+    if n == 0:
+        raise _missing("RXE")
+    return out
+
+
+def _map_ras_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    if _pid(ctx, msg, w) is None:
+        raise _missing("PID")
+    out: list[Record] = []
+    for g, group in enumerate(_orc_groups(msg), start=1):
+        rxas = [seg for seg in group if seg[0] == "RXA"]
+        if not rxas:
+            continue
+        rxr = _first(group, "RXR")
+        comps = tuple(
+            InjectionComponent(
+                role="",
+                drug=ctx.coding(seg[5]) or Coding(""),  # RXA-5 administered code
+                amount=seg[6],  # RXA-6
+                unit=ctx.coding(seg[7]),  # RXA-7
+            )
+            for seg in rxas
+        )
+        first = rxas[0]
+        out.append(
+            Injection(
+                key=ctx.key(str(g)),
+                event="administration",
+                components=comps,
+                rate=unescape(first[12]),  # RXA-12 administered per (time unit)
+                route=ctx.coding(rxr[1]) if rxr else None,
+                instructions=unescape(" ".join(x for x in ctx.comps(first[9]) if x)),  # RXA-9 notes
+                start=to_iso(first[3]),
+                end=to_iso(first[4]),
+                ordered_at=to_iso(group[0][9]),
+                status=first[20],
+            )
+        )
+    if not out:
+        raise _missing("RXA")
+    return out
+
+
+def _map_oul(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    if _pid(ctx, msg, w) is None:
+        raise _missing("PID")
+    out: list[Record] = []
+    specimen: Coding | None = None
+    battery: Coding | None = None
+    obr_time = ""
+    b = 0
+    o = 0
+    for seg in msg.segments:
+        sid = seg[0]
+        if sid == "SPM":
+            specimen = ctx.coding(seg[4])  # SPM-4 specimen type (JLAC10 material)
+        elif sid == "OBR":
+            b += 1
+            o = 0
+            battery = ctx.coding(seg[4])  # OBR-4 universal service identifier
+            obr_time = to_iso(seg[7])  # OBR-7 observation date/time
+        elif sid == "OBX":
+            o += 1
+            code = ctx.coding(seg[3])  # OBX-3 observation identifier (JLAC10)
+            if code is None:
+                w.append("OBX without an observation code")
+                continue
+            vtype = seg[2]  # OBX-2 value type
+            value = seg[5]  # OBX-5 observation value
+            if vtype in ("CWE", "CE", "CNE"):
+                c = ctx.comps(value)
+                value = unescape(c[1] if len(c) > 1 and c[1] else c[0])
+            else:
+                value = unescape(value)
+            out.append(
+                LabResult(
+                    key=ctx.key(f"{max(b, 1)}.{o}"),
+                    code=code,
+                    value_type=vtype,
+                    value=value,
+                    unit=unescape(ctx.comps(seg[6])[0]),  # OBX-6 units
+                    reference_range=unescape(seg[7]),  # OBX-7 references range
+                    flag=ctx.comps(seg[8])[0],  # OBX-8 abnormal flags
+                    status=seg[11],  # OBX-11 observation result status
+                    observed_at=to_iso(seg[14]) or obr_time,  # OBX-14 date/time of the observation
+                    specimen=specimen,
+                    battery=battery,
+                )
+            )
+    return out
+
+
+class MissingSegment(Exception):
+    """A required segment is absent: the reader quarantines the file with this message."""
+
+
+def _missing(sid: str) -> MissingSegment:
+    return MissingSegment(f"no {sid} segment (truncated or not a complete message)")
+
+
+MAPPERS: dict[str, Callable[[_Ctx, Message, Warnings], list[Record]]] = {
+    "ADT-00": _map_adt00,
+    "ADT-61": _map_adt61,
+    "PPR-01": _map_ppr01,
+    "OMP-01": _map_rde_oral,
+    "OMP-11": _map_ras_oral,
+    "OMP-02": _map_rde_injection,
+    "OMP-12": _map_ras_injection,
+    "OML-11": _map_oul,
+}
+
+
+def to_records(msg: Message, name: SsmixName, warnings: Warnings) -> list[Record]:
+    """Records of a validated message of an in-scope data type (raises MissingSegment)."""
+    return MAPPERS[name.data_type](_Ctx(msg, name), msg, warnings)

@@ -1,0 +1,185 @@
+"""Read an SS-MIX2 tree into records.
+
+Every file ends in exactly one of three states: **read** (its records returned), **skipped** (a data type
+outside scope, counted by type) or **quarantined** (with a one-line reason).  Nothing is dropped silently and
+no input stops the rest.  Large trees are read by a pool of worker processes over patient folders, in
+bounded batches, so memory stays flat however many files the hospital holds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
+
+from agent.ssmix2.layout import (
+    IN_SCOPE,
+    BadName,
+    FoundFile,
+    SsmixName,
+    StrayEntry,
+    check_folder,
+    iter_patient_dirs,
+    iter_patient_files,
+    parse_name,
+)
+from agent.ssmix2.mapping import MissingSegment, to_records
+from agent.ssmix2.message import parse
+from hakobune.errors import UnreadableMessage
+from hakobune.records import Record
+
+T = TypeVar("T")
+
+#: Files larger than this are not SS-MIX2 messages (the largest real ones are a few hundred KB).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class Status(StrEnum):
+    READ = "read"
+    SKIPPED = "skipped"
+    QUARANTINED = "quarantined"
+
+
+@dataclass(slots=True)
+class FileOutcome:
+    """What became of one file.  ``records`` is filled for read files (current or not)."""
+
+    relpath: str
+    status: Status
+    name: SsmixName | None = None
+    reason: str = ""
+    size: int = 0
+    mtime_ns: int = 0
+    records: list[Record] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def file_name(self) -> str:
+        return self.relpath.rsplit("/", 1)[-1]
+
+
+def read_found(root: str, found: FoundFile) -> FileOutcome:
+    """Read one file found by the walk (name checks, folder checks, decode, validate, map)."""
+    out = FileOutcome(found.relpath, Status.QUARANTINED, size=found.size, mtime_ns=found.mtime_ns)
+    try:
+        name = parse_name(found.file_name)
+    except BadName as e:
+        out.reason = str(e)
+        return out
+    out.name = name
+    wrong = check_folder(found.rel_dir, name)
+    if wrong is not None:
+        out.reason = wrong
+        return out
+    if name.data_type not in IN_SCOPE:
+        out.status = Status.SKIPPED
+        out.reason = f"data type {name.data_type} is not backed up"
+        return out
+    if found.size > MAX_MESSAGE_BYTES:
+        out.reason = f"too large for an SS-MIX2 message ({found.size} bytes)"
+        return out
+    try:
+        with open(os.path.join(root, found.relpath), "rb") as fh:
+            raw = fh.read()
+        msg = parse(raw, name.data_type)
+        out.records = to_records(msg, name, out.warnings)
+    except (UnreadableMessage, MissingSegment) as e:
+        out.reason = str(e)
+        return out
+    except OSError as e:
+        out.reason = f"cannot read: {e.strerror or e}"
+        return out
+    out.status = Status.READ
+    return out
+
+
+def read_file(root: str, relpath: str) -> FileOutcome:
+    """Read one file given by its path relative to the storage root."""
+    full = os.path.join(root, relpath)
+    try:
+        st = os.stat(full)
+    except OSError as e:
+        return FileOutcome(relpath, Status.QUARANTINED, reason=f"cannot read: {e.strerror or e}")
+    parts = tuple(relpath.split("/"))
+    if len(parts) != 6:
+        return FileOutcome(
+            relpath,
+            Status.QUARANTINED,
+            size=st.st_size,
+            reason="not in the SS-MIX2 layout (expected PID[0:3]/PID[3:6]/PID/date/type/file)",
+        )
+    return read_found(root, FoundFile(relpath, parts[:5], parts[5], st.st_size, st.st_mtime_ns))
+
+
+def _stray(entry: StrayEntry) -> FileOutcome:
+    return FileOutcome(entry.relpath, Status.QUARANTINED, reason=entry.reason)
+
+
+def read_patients(root: str, patient_rels: list[str]) -> list[FileOutcome]:
+    """Every file of the given patient folders (the unit of work a worker process does)."""
+    out: list[FileOutcome] = []
+    for rel in patient_rels:
+        try:
+            for found in iter_patient_files(root, rel):
+                out.append(_stray(found) if isinstance(found, StrayEntry) else read_found(root, found))
+        except OSError as e:
+            out.append(FileOutcome(rel, Status.QUARANTINED, reason=f"cannot list folder: {e.strerror or e}"))
+    return out
+
+
+def _batches(root: str, batch: int) -> Iterator[list[str] | FileOutcome]:
+    pending: list[str] = []
+    for item in iter_patient_dirs(root):
+        if isinstance(item, StrayEntry):
+            yield _stray(item)
+            continue
+        pending.append(item)
+        if len(pending) >= batch:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def map_patients(
+    root: str | os.PathLike[str],
+    fn: Callable[[str, list[str]], T],
+    workers: int = 1,
+    batch: int = 64,
+) -> Iterator[T | FileOutcome]:
+    """Apply ``fn(root, patient_folders)`` to the tree in batches of patient folders, in sorted order.
+
+    ``fn`` must be a module-level function (it runs in worker processes when ``workers > 1``).  Stray
+    entries found above patient level are yielded as quarantined :class:`FileOutcome` in their place.  At
+    most ``4 × workers`` batches are in flight, so memory is bounded by the batch size, not the tree."""
+    root_s = os.fspath(root)
+    if not os.path.isdir(root_s):
+        raise FileNotFoundError(root_s)
+    if workers <= 1:
+        for item in _batches(root_s, batch):
+            yield item if isinstance(item, FileOutcome) else fn(root_s, item)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        window: deque[Future[T] | FileOutcome] = deque()
+        limit = 4 * workers
+        for item in _batches(root_s, batch):
+            window.append(item if isinstance(item, FileOutcome) else pool.submit(fn, root_s, item))
+            while len(window) > limit:
+                head = window.popleft()
+                yield head if isinstance(head, FileOutcome) else head.result()
+        while window:
+            head = window.popleft()
+            yield head if isinstance(head, FileOutcome) else head.result()
+
+
+def read_tree(root: str | os.PathLike[str], workers: int = 1, batch: int = 64) -> Iterator[FileOutcome]:
+    """Every file under ``root`` as a :class:`FileOutcome` (records included), in sorted path order."""
+    for item in map_patients(root, read_patients, workers, batch):
+        if isinstance(item, FileOutcome):
+            yield item
+        else:
+            yield from item
