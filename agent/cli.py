@@ -5,11 +5,9 @@ from __future__ import annotations
 import typer
 
 from agent.commands import consent
+from agent.commands.check import check
 
 app = typer.Typer(no_args_is_help=True, help="Hospital side: read SS-MIX2, consent, sync (hospital IT).")
-
-from agent.commands.check import check  # noqa: E402
-
 app.command(name="check")(check)
 app.add_typer(
     consent.app, name="consent", help="Patients' opt-outs (consent CSV import, set, remove, list, show)."

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from agent.cli import app as agent_app
+from hakobune.commands.drill import drill
 from hakobune.commands.synth import synth
 from hakobune.errors import HakobuneError
 
@@ -19,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(agent_app, name="agent", help="Hospital side: read SS-MIX2, consent, sync (hospital IT).")
+app.command(name="drill")(drill)
 app.command(name="synth")(synth)
 
 

@@ -1,0 +1,206 @@
+"""``hakobune drill``: the whole pipeline on one machine, stage by stage, with figures.
+
+The drill's world lives in one folder (``OUT``): the synthetic hospital (when none is given), the agent's
+state, and — as the later stages land — the center, keys, restore database, FHIR output, disk and research
+release.  Running it again on the same ``OUT`` continues that world: a synthetic hospital advances by one
+day and everything downstream runs incrementally.  A stage that raises fails the drill; later stages are
+reported as skipped; ``report.json`` always gets written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hakobune import __version__
+from hakobune.errors import HakobuneError
+
+REPORT_FILE = "report.json"
+MARKER = ".hakobune-drill"
+HOSPITAL_DIR = "hospital"
+AGENT_DIR = "agent"
+
+
+@dataclass(slots=True)
+class StageResult:
+    name: str
+    status: str  # "ok" | "failed" | "skipped"
+    seconds: float = 0.0
+    figures: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "status": self.status, "seconds": round(self.seconds, 3)}
+        out["figures"] = self.figures
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass(slots=True)
+class DrillConfig:
+    out: Path
+    ssmix2: Path | None = None  # None: a synthetic hospital in OUT/hospital
+    consent: Path | None = None
+    patients: int = 2000
+    days: int = 30
+    seed: int = 1
+    workers: int = 0  # 0: one per core
+
+
+@dataclass(slots=True)
+class DrillWorld:
+    """Where the stages find each other's results."""
+
+    config: DrillConfig
+    ssmix2: Path | None = None
+    consent: Path | None = None
+    quarantine: list[dict[str, str]] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def workers(self) -> int:
+        return self.config.workers if self.config.workers > 0 else (os.cpu_count() or 1)
+
+    @property
+    def agent_home(self) -> Path:
+        return self.config.out / AGENT_DIR
+
+
+Stage = tuple[str, Callable[[DrillWorld], dict[str, Any]]]
+
+
+def _stage_hospital(world: DrillWorld) -> dict[str, Any]:
+    from hakobune.synth import CONSENT_FILE, META_FILE, SSMIX2_DIR, advance, generate
+
+    cfg = world.config
+    if cfg.ssmix2 is not None:
+        if not cfg.ssmix2.is_dir():
+            raise HakobuneError(f"{cfg.ssmix2}: not a directory (expected the root of an SS-MIX2 storage)")
+        world.ssmix2, world.consent = cfg.ssmix2, cfg.consent
+        return {"source": "given", "consent_file": bool(cfg.consent)}
+    home = cfg.out / HOSPITAL_DIR
+    if (home / META_FILE).exists():
+        stats = advance(home, 1, workers=world.workers)
+        action = "advanced one day"
+    else:
+        stats = generate(home, cfg.patients, cfg.days, seed=cfg.seed, workers=world.workers)
+        action = "generated"
+    world.ssmix2, world.consent = home / SSMIX2_DIR, home / CONSENT_FILE
+    return {
+        "source": "synthetic",
+        "action": action,
+        "patients": stats.patients,
+        "days_done": stats.days_done,
+        "files": stats.files,
+        "files_written": stats.files_written,
+        "files_renamed": stats.files_renamed,
+        "seconds": round(stats.seconds, 3),
+    }
+
+
+def _stage_consent(world: DrillWorld) -> dict[str, Any]:
+    from agent.consent import ConsentRegistry
+    from agent.home import open_state_db
+
+    with open_state_db(world.agent_home) as db:
+        registry = ConsentRegistry(db)
+        figures: dict[str, Any] = {}
+        if world.consent is not None:
+            res = registry.import_csv(world.consent)
+            figures.update(rows=res.rows, added=res.added, changed=res.changed, unchanged=res.unchanged)
+        counts = registry.counts()
+        figures["opted_out_all"] = counts.get(_scope("all"), 0)
+        figures["opted_out_research"] = counts.get(_scope("research"), 0)
+    return figures
+
+
+def _scope(text: str) -> Any:
+    from agent.consent import Scope
+
+    return Scope(text)
+
+
+def _stage_read(world: DrillWorld) -> dict[str, Any]:
+    from agent.check import check_tree
+
+    assert world.ssmix2 is not None
+    rep = check_tree(world.ssmix2, workers=world.workers)
+    world.quarantine = [q.to_json() for q in rep.quarantine]
+    j = rep.to_json()
+    return {
+        "files": rep.files,
+        "read": rep.read,
+        "skipped": rep.skipped,
+        "quarantined": rep.quarantined,
+        "patients": rep.patients,
+        "records": dict(rep.records_by_kind),
+        "date_range": j["date_range"],
+        "files_per_second": j["files_per_second"],
+    }
+
+
+STAGES: list[Stage] = [
+    ("hospital", _stage_hospital),
+    ("consent", _stage_consent),
+    ("read", _stage_read),
+]
+
+
+def prepare_out(out: Path) -> None:
+    """Create OUT (or reuse one this drill made); refuse a non-empty folder that is not a drill's."""
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise HakobuneError(f"{out}: not empty and not a drill folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("This folder is a Hakobune drill's world.\n", encoding="utf-8")
+
+
+def run_drill(
+    config: DrillConfig,
+    on_start: Callable[[str], None] | None = None,
+    on_done: Callable[[StageResult], None] | None = None,
+    stages: list[Stage] | None = None,
+) -> dict[str, Any]:
+    """Run every stage in order and write ``OUT/report.json``; returns the report (``ok`` says it all)."""
+    prepare_out(config.out)
+    world = DrillWorld(config)
+    started = datetime.now(UTC)
+    results: list[StageResult] = []
+    failed = False
+    for name, fn in stages or STAGES:
+        if failed:
+            results.append(StageResult(name, "skipped"))
+            if on_done:
+                on_done(results[-1])
+            continue
+        if on_start:
+            on_start(name)
+        t0 = time.perf_counter()
+        try:
+            figures = fn(world)
+            result = StageResult(name, "ok", time.perf_counter() - t0, figures)
+        except (HakobuneError, OSError, ValueError) as e:
+            failed = True
+            result = StageResult(name, "failed", time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
+        results.append(result)
+        if on_done:
+            on_done(result)
+    report: dict[str, Any] = {
+        "hakobune": __version__,
+        "ok": not failed,
+        "out": str(config.out),
+        "ssmix2": str(world.ssmix2) if world.ssmix2 else None,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "stages": [r.to_json() for r in results],
+        "quarantine": world.quarantine,
+    }
+    (config.out / REPORT_FILE).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    return report
