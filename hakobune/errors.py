@@ -19,6 +19,8 @@ class ConfigError(HakobuneError):
 class InputError(HakobuneError):
     """An input file cannot be used.  ``path`` names it, ``reason`` says why in one line."""
 
+    exit_code = 2
+
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path

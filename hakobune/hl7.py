@@ -49,7 +49,13 @@ def _guess_encoding(raw: bytes) -> str:
 
 @lru_cache(maxsize=16384)
 def _jis_pair(j1: int, j2: int) -> str:
-    """One JIS X 0208 code (with NEC row 13 and NEC-selected IBM extensions, as CP50220) to text."""
+    """One JIS X 0208 code to text: as the strict codec decodes it wherever that codec knows the code (so
+    the same bytes give the same text in every file), else as CP50220 (NEC row 13, NEC-selected IBM
+    extensions)."""
+    try:
+        return bytes((0x1B, 0x24, 0x42, j1, j2, 0x1B, 0x28, 0x42)).decode("iso2022_jp")
+    except UnicodeDecodeError:
+        pass
     s1 = ((j1 + 1) >> 1) + 0x70
     if s1 >= 0xA0:
         s1 += 0x40
@@ -97,26 +103,53 @@ def _decode_lenient(raw: bytes) -> str:
         if mode == "ascii":
             out.append(chunk.decode("ascii"))
         elif mode == "kana":
-            out.append(bytes(b + 0x80 for b in chunk).decode("cp932"))
+            out.append(_decode_kana(chunk, pos))
         else:
-            if len(chunk) % 2:
-                raise UnreadableMessage(f"not ISO-2022-JP: odd-length double-byte run at offset {pos}")
-            for i in range(0, len(chunk), 2):
-                j1, j2 = chunk[i], chunk[i + 1]
-                if not (0x21 <= j1 <= 0x7E and 0x21 <= j2 <= 0x7E):
-                    raise UnreadableMessage(f"not ISO-2022-JP: invalid double-byte code at offset {pos + i}")
-                try:
-                    if mode == "jis":
-                        out.append(_jis_pair(j1, j2))
-                    else:
-                        designator = b"\x1b$(D" if mode == "jisx0212" else b"\x1b$(Q"
-                        codec = "iso2022_jp_2" if mode == "jisx0212" else "iso2022_jp_2004"
-                        out.append((designator + bytes((j1, j2)) + b"\x1b(B").decode(codec))
-                except UnicodeDecodeError:
-                    raise UnreadableMessage(
-                        f"not ISO-2022-JP: unmapped double-byte code at offset {pos + i}"
-                    ) from None
+            out.append(_decode_double(chunk, pos, mode))
         pos = end
+    return "".join(out)
+
+
+def _decode_kana(chunk: bytes, pos: int) -> str:
+    """JIS X 0201 katakana (ESC ( I): 0x21–0x5F are half-width kana; control bytes (CR, LF …) pass through."""
+    out: list[str] = []
+    for i, b in enumerate(chunk):
+        if b < 0x21:
+            out.append(chr(b))
+        elif b <= 0x5F:
+            out.append(chr(0xFF61 + b - 0x21))
+        else:
+            raise UnreadableMessage(
+                f"not ISO-2022-JP: byte 0x{b:02x} is not a JIS X 0201 katakana at offset {pos + i}"
+            )
+    return "".join(out)
+
+
+def _decode_double(chunk: bytes, pos: int, mode: str) -> str:
+    """A double-byte run (JIS X 0208/0212/0213); control bytes (CR, LF …) pass through as themselves."""
+    out: list[str] = []
+    i, n = 0, len(chunk)
+    while i < n:
+        j1 = chunk[i]
+        if j1 < 0x21:
+            out.append(chr(j1))
+            i += 1
+            continue
+        if i + 1 >= n or not (0x21 <= j1 <= 0x7E and 0x21 <= chunk[i + 1] <= 0x7E):
+            raise UnreadableMessage(f"not ISO-2022-JP: broken double-byte code at offset {pos + i}")
+        j2 = chunk[i + 1]
+        try:
+            if mode == "jis":
+                out.append(_jis_pair(j1, j2))
+            else:
+                designator = b"\x1b$(D" if mode == "jisx0212" else b"\x1b$(Q"
+                codec = "iso2022_jp_2" if mode == "jisx0212" else "iso2022_jp_2004"
+                out.append((designator + bytes((j1, j2)) + b"\x1b(B").decode(codec))
+        except UnicodeDecodeError:
+            raise UnreadableMessage(
+                f"not ISO-2022-JP: unmapped double-byte code at offset {pos + i}"
+            ) from None
+        i += 2
     return "".join(out)
 
 

@@ -61,6 +61,11 @@ class _Ctx:
             return Coding(parts[0], parts[1]) if parts[0] or parts[1] else None
         return Coding(parts[0])
 
+    def text(self, value: str) -> str:
+        """The text of a CWE (component 2, else the code): what a person reads."""
+        c = self.coding(value)
+        return "" if c is None else (c.display or c.code)
+
     def first_rep(self, value: str) -> str:
         return value.split(self.rep, 1)[0]
 
@@ -344,7 +349,7 @@ def _map_rde_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
                 unit=ctx.coding(rxe[5]),  # RXE-5 give units
                 rate=(rxe[23] + (" " + rate_unit if rate_unit else "")) if rxe[23] else "",  # RXE-23
                 route=ctx.coding(rxr[1]) if rxr else None,
-                instructions=unescape(" ".join(x for x in ctx.comps(rxe[7]) if x)),  # RXE-7
+                instructions=ctx.text(rxe[7]),  # RXE-7 provider's administration instructions (CWE)
                 start=to_iso(tq1[7]) if tq1 else "",  # TQ1-7 start date/time
                 end=to_iso(tq1[8]) if tq1 else "",  # TQ1-8 end date/time
                 ordered_at=to_iso(group[0][9]),
@@ -381,7 +386,7 @@ def _map_ras_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
                 components=comps,
                 rate=unescape(first[12]),  # RXA-12 administered per (time unit)
                 route=ctx.coding(rxr[1]) if rxr else None,
-                instructions=unescape(" ".join(x for x in ctx.comps(first[9]) if x)),  # RXA-9 notes
+                instructions=ctx.text(first[9]),  # RXA-9 administration notes (CWE)
                 start=to_iso(first[3]),
                 end=to_iso(first[4]),
                 ordered_at=to_iso(group[0][9]),

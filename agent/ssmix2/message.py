@@ -55,8 +55,10 @@ def parse(raw: bytes, data_type: str) -> Message:
     text = decode(raw)
     if text[:1] == "\x0b":
         text = text[1:]
-    body = text.rstrip("\x1c \t")
-    if not body.endswith(("\r", "\n")):
+    # The last segment ends with CR/LF, an MLLP end block (FS, usually followed by CR), or both; a file
+    # that just stops was cut.
+    body = text.rstrip("\x1c\r\n")
+    if len(body) == len(text):
         raise UnreadableMessage(
             f"truncated: the last segment has no terminator (file ends after {len(raw)} bytes)"
         )
@@ -69,7 +71,6 @@ def parse(raw: bytes, data_type: str) -> Message:
     delims = STANDARD if fs == "|" and enc == "^~\\&" else Delimiters(fs, enc[0], enc[1], enc[2], enc[3])
     if "\n" in body:
         body = body.replace("\r\n", "\r").replace("\n", "\r")
-    body = body.rstrip("\r")
     segments: list[list[str]] = []
     known = _KNOWN_IDS
     for line in body.split("\r"):

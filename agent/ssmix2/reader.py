@@ -90,6 +90,12 @@ def read_found(root: str, found: FoundFile) -> FileOutcome:
     except (UnreadableMessage, MissingSegment) as e:
         out.reason = str(e)
         return out
+    except (UnicodeError, ValueError, IndexError, KeyError) as e:
+        # A reader defect must not stop the tree; the file is quarantined and the defect named.
+        out.reason = (
+            f"unreadable (reader error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        )
+        return out
     except OSError as e:
         out.reason = f"cannot read: {e.strerror or e}"
         return out
@@ -135,6 +141,9 @@ def _batches(root: str, batch: int) -> Iterator[list[str] | FileOutcome]:
     pending: list[str] = []
     for item in iter_patient_dirs(root):
         if isinstance(item, StrayEntry):
+            if pending:  # keep sorted path order: the folders before the stray entry go first
+                yield pending
+                pending = []
             yield _stray(item)
             continue
         pending.append(item)

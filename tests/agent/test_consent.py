@@ -413,7 +413,7 @@ def test_root_main_prints_one_line_and_exit_code(
     )
     with pytest.raises(SystemExit) as info:
         main()
-    assert info.value.code == 1
+    assert info.value.code == 2  # bad input (InputError) exits 2
     err = capsys.readouterr().err
     assert (
         err
