@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hl7 as python_hl7
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent.ssmix2.message import PAD, parse
@@ -37,8 +37,8 @@ def _jis_body(ch: str) -> bytes:
 
 def _round_trips(ch: str) -> bool:
     """True when ``ch`` comes back unchanged both through the strict codec and through the CP50220 fallback
-    (which a message takes as soon as it holds one NEC/IBM character).  See the decode-consistency test below for the
-    characters that do not."""
+    (which a message takes as soon as it holds one NEC/IBM character).  The decode-consistency test below
+    pins the characters that once differed between the two."""
     return (
         decode(encode_message([ch])) == f"{ch}\r\x1c" and decode(encode_message([f"{ch}①"])) == f"{ch}①\r\x1c"
     )
