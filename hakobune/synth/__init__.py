@@ -1,0 +1,31 @@
+"""A realistic, deterministic synthetic SS-MIX2 hospital (``hakobune synth``).
+
+``generate(out, patients, days, seed, workers)`` writes ``out/ssmix2`` (standardized storage),
+``out/consent.csv`` and ``out/synth.json``; ``advance(out, days)`` continues that tree in place by more days
+(renames and new files, as a hospital system would).  Same seed and parameters give a byte-identical tree
+for any number of workers, and ``generate(days=n)`` + ``advance(k)`` equals ``generate(days=n + k)``.
+"""
+
+from __future__ import annotations
+
+from hakobune.synth.generator import (
+    CONSENT_FILE,
+    DEFAULT_CHANGE_RATE,
+    META_FILE,
+    SSMIX2_DIR,
+    SynthStats,
+    advance,
+    generate,
+    read_meta,
+)
+
+__all__ = [
+    "CONSENT_FILE",
+    "DEFAULT_CHANGE_RATE",
+    "META_FILE",
+    "SSMIX2_DIR",
+    "SynthStats",
+    "advance",
+    "generate",
+    "read_meta",
+]
