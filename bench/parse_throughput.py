@@ -25,6 +25,7 @@ from agent.ssmix2.layout import parse_name
 from agent.ssmix2.mapping import to_records
 from agent.ssmix2.message import parse
 from bench._common import PeakRSS, mb, synthetic_tree
+from hakobune.hl7 import decode
 
 
 def walk_and_read(root: Path) -> tuple[int, int]:
@@ -100,7 +101,7 @@ def main() -> None:
 
         t = time.perf_counter()
         for _name, raw in sample:
-            hl7.parse(raw.decode("iso2022_jp").rstrip("\x1c"))
+            hl7.parse(decode(raw).rstrip("\x1c"))
         results["python_hl7_files_per_s"] = round(len(sample) / (time.perf_counter() - t))
     except ImportError:
         results["python_hl7_files_per_s"] = None

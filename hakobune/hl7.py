@@ -287,6 +287,7 @@ def component(value: str, n: int, sep: str = "^") -> str:
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?$")
 
 
+@lru_cache(maxsize=65536)
 def to_iso(dtm: str) -> str:
     """HL7 DT/DTM (``20111219``, ``201112191500``, ``20110701113813.225``) to ISO 8601 text
     (``2011-12-19``, ``2011-12-19T15:00``, ``2011-07-01T11:38:13``).

@@ -30,6 +30,10 @@ from hakobune.records import (
 Warnings = list[str]
 
 
+_MISS = object()
+_CODINGS: dict[tuple[str, str], Coding | None] = {}
+
+
 class _Ctx:
     """Field access for one message, with its delimiters."""
 
@@ -48,9 +52,22 @@ class _Ctx:
         return value.split(self.comp)
 
     def coding(self, value: str, sep: str | None = None) -> Coding | None:
-        """CWE/CE (code^text^system) or, with ``sep=sub``, its subcomponent form; None when empty."""
+        """CWE/CE (code^text^system) or, with ``sep=sub``, its subcomponent form; None when empty.
+
+        The same few thousand codes recur in every message, so codings are shared from a bounded cache
+        (they are immutable values)."""
         if not value:
             return None
+        ckey = (value, sep or self.comp)
+        hit = _CODINGS.get(ckey, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+        if len(_CODINGS) > 200_000:
+            _CODINGS.clear()
+        result = _CODINGS[ckey] = self._coding(value, sep)
+        return result
+
+    def _coding(self, value: str, sep: str | None) -> Coding | None:
         parts = value.split(sep or self.comp, 3)
         if "\\" in value:
             parts = [unescape(x) for x in parts]
