@@ -37,12 +37,13 @@ _CODINGS: dict[tuple[str, str], Coding | None] = {}
 class _Ctx:
     """Field access for one message, with its delimiters."""
 
-    __slots__ = ("comp", "name", "rep", "sub")
+    __slots__ = ("comp", "name", "pid", "rep", "sub")
 
     def __init__(self, msg: Message, name: SsmixName) -> None:
         d = msg.delimiters
         self.comp, self.rep, self.sub = d.component, d.repetition, d.subcomponent
         self.name = name
+        self.pid: list[str] | None = None
 
     def key(self, item: str) -> RecordKey:
         n = self.name
@@ -143,63 +144,46 @@ def map_patient(ctx: _Ctx, pid: list[str]) -> Patient:
 
 
 def _map_adt00(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
-    pid = _pid(ctx, msg, w)
-    if pid is None:
-        raise _missing("PID")
-    out: list[Record] = [map_patient(ctx, pid)]
+    assert ctx.pid is not None
+    out: list[Record] = [map_patient(ctx, ctx.pid), *_allergies(ctx, msg, "AL1", w)]
+    return out
+
+
+def _allergies(ctx: _Ctx, msg: Message, sid: str, w: Warnings) -> list[Record]:
+    """AL1 (ADT-00) and IAM (ADT-61) agree on fields 2–5: allergen type, allergen, severity, reaction."""
+    out: list[Record] = []
     n = 0
     for seg in msg.segments:
-        if seg[0] != "AL1":
+        if seg[0] != sid:
             continue
         n += 1
-        allergen = ctx.coding(seg[3])  # AL1-3 allergen code/mnemonic/description
+        allergen = ctx.coding(seg[3])
         if allergen is None:
-            w.append("AL1 without an allergen")
+            w.append(f"{sid} without an allergen")
             continue
+        if sid == "AL1":
+            onset, action = to_iso(seg[6]), ""  # AL1-6 identification date
+        else:  # IAM-11 onset date (or IAM-12 onset text), IAM-6 allergy action code (A/U/D)
+            onset, action = to_iso(seg[11]) or unescape(seg[12]), ctx.comps(seg[6])[0]
         out.append(
             Allergy(
-                key=ctx.key(f"AL1.{n}"),
-                category=ctx.coding(seg[2]) or Coding(""),  # AL1-2 allergen type
+                key=ctx.key(f"{sid}.{n}"),
+                category=ctx.coding(seg[2]) or Coding(""),
                 allergen=allergen,
-                severity=ctx.coding(seg[4]),  # AL1-4 severity
-                reaction=unescape(seg[5]),  # AL1-5 reaction
-                onset=to_iso(seg[6]),  # AL1-6 identification date
+                severity=ctx.coding(seg[4]),
+                reaction=unescape(seg[5]),
+                onset=onset,
+                action=action,
             )
         )
     return out
 
 
 def _map_adt61(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
-    if _pid(ctx, msg, w) is None:
-        raise _missing("PID")
-    out: list[Record] = []
-    n = 0
-    for seg in msg.segments:
-        if seg[0] != "IAM":
-            continue
-        n += 1
-        allergen = ctx.coding(seg[3])  # IAM-3 allergen code
-        if allergen is None:
-            w.append("IAM without an allergen")
-            continue
-        onset = to_iso(seg[11]) or unescape(seg[12])  # IAM-11 onset date, IAM-12 onset text
-        out.append(
-            Allergy(
-                key=ctx.key(f"IAM.{n}"),
-                category=ctx.coding(seg[2]) or Coding(""),  # IAM-2 allergen type
-                allergen=allergen,
-                severity=ctx.coding(seg[4]),  # IAM-4 severity
-                reaction=unescape(seg[5]),  # IAM-5 reaction
-                onset=onset,
-                action=ctx.comps(seg[6])[0],  # IAM-6 action code (A/U/D)
-            )
-        )
-    return out
+    return _allergies(ctx, msg, "IAM", w)
 
 
 def _map_ppr01(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
-    if _pid(ctx, msg, w) is None:
-        raise _missing("PID")
     out: list[Record] = []
     n = 0
     for seg in msg.segments:
@@ -249,8 +233,6 @@ def _first(group: list[list[str]], sid: str) -> list[str] | None:
 
 
 def _map_rde_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
-    if _pid(ctx, msg, w) is None:
-        raise _missing("PID")
     out: list[Record] = []
     n = 0
     for group in _orc_groups(msg):
@@ -298,8 +280,6 @@ def _map_rde_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 
 
 def _map_ras_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
-    if _pid(ctx, msg, w) is None:
-        raise _missing("PID")
     out: list[Record] = []
     n = 0
     for g, group in enumerate(_orc_groups(msg), start=1):
@@ -335,8 +315,6 @@ def _map_ras_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 
 
 def _map_rde_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
-    if _pid(ctx, msg, w) is None:
-        raise _missing("PID")
     out: list[Record] = []
     n = 0
     for group in _orc_groups(msg):
@@ -378,8 +356,6 @@ def _map_rde_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 
 
 def _map_ras_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
-    if _pid(ctx, msg, w) is None:
-        raise _missing("PID")
     out: list[Record] = []
     for g, group in enumerate(_orc_groups(msg), start=1):
         rxas = [seg for seg in group if seg[0] == "RXA"]
@@ -416,8 +392,6 @@ def _map_ras_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 
 
 def _map_oul(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
-    if _pid(ctx, msg, w) is None:
-        raise _missing("PID")
     out: list[Record] = []
     specimen: Coding | None = None
     battery: Coding | None = None
@@ -485,5 +459,10 @@ MAPPERS: dict[str, Callable[[_Ctx, Message, Warnings], list[Record]]] = {
 
 
 def to_records(msg: Message, name: SsmixName, warnings: Warnings) -> list[Record]:
-    """Records of a validated message of an in-scope data type (raises MissingSegment)."""
-    return MAPPERS[name.data_type](_Ctx(msg, name), msg, warnings)
+    """Records of a validated message of an in-scope data type (raises MissingSegment).  Every in-scope
+    message must identify its patient (PID)."""
+    ctx = _Ctx(msg, name)
+    ctx.pid = _pid(ctx, msg, warnings)
+    if ctx.pid is None:
+        raise _missing("PID")
+    return MAPPERS[name.data_type](ctx, msg, warnings)
