@@ -13,7 +13,6 @@ from hakobune.cli import app
 from hakobune.drill import DrillConfig, DrillWorld, run_drill
 from hakobune.errors import HakobuneError
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "ssmix2-nhoHQ" / "sampleData"
 runner = CliRunner()
 
 
@@ -52,9 +51,9 @@ def test_synthetic_drill_runs_every_stage_and_continues_incrementally(tmp_path: 
     assert consent["added"] == 0 and consent["unchanged"] == consent["rows"]
 
 
-def test_drill_on_the_real_samples_lists_the_quarantined_files(tmp_path: Path) -> None:
+def test_drill_on_the_real_samples_lists_the_quarantined_files(tmp_path: Path, samples: Path) -> None:
     out = tmp_path / "world"
-    result = runner.invoke(app, ["drill", "--ssmix2", str(SAMPLES), "--out", str(out), "--workers", "1"])
+    result = runner.invoke(app, ["drill", "--ssmix2", str(samples), "--out", str(out), "--workers", "1"])
     assert result.exit_code == 0, result.output
     rep = _report(out)
     assert rep["ok"] is True
