@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.check import check_tree
-from agent.ssmix2.layout import parse_name
+from agent.ssmix2.layout import IN_SCOPE, parse_name
 from agent.ssmix2.mapping import to_records
 from agent.ssmix2.message import parse
 from bench._common import PeakRSS, mb, synthetic_tree
@@ -91,7 +91,7 @@ def main() -> None:
     t = time.perf_counter()
     for name, raw in sample:
         n = parse_name(name)
-        if n.data_type in ("ADT-00", "ADT-61", "PPR-01", "OMP-01", "OMP-11", "OMP-02", "OMP-12", "OML-11"):
+        if n.data_type in IN_SCOPE:
             to_records(parse(raw, n.data_type), n, [])
         else:
             parse(raw, n.data_type)

@@ -9,7 +9,6 @@ reported as skipped; ``report.json`` always gets written.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,10 +65,6 @@ class DrillWorld:
     facts: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def workers(self) -> int:
-        return self.config.workers if self.config.workers > 0 else (os.cpu_count() or 1)
-
-    @property
     def agent_home(self) -> Path:
         return self.config.out / AGENT_DIR
 
@@ -88,10 +83,10 @@ def _stage_hospital(world: DrillWorld) -> dict[str, Any]:
         return {"source": "given", "consent_file": bool(cfg.consent)}
     home = cfg.out / HOSPITAL_DIR
     if (home / META_FILE).exists():
-        stats = advance(home, 1, workers=world.workers)
+        stats = advance(home, 1, workers=cfg.workers or None)
         action = "advanced one day"
     else:
-        stats = generate(home, cfg.patients, cfg.days, seed=cfg.seed, workers=world.workers)
+        stats = generate(home, cfg.patients, cfg.days, seed=cfg.seed, workers=cfg.workers or None)
         action = "generated"
     world.ssmix2, world.consent = home / SSMIX2_DIR, home / CONSENT_FILE
     return {
@@ -107,7 +102,7 @@ def _stage_hospital(world: DrillWorld) -> dict[str, Any]:
 
 
 def _stage_consent(world: DrillWorld) -> dict[str, Any]:
-    from agent.consent import ConsentRegistry
+    from agent.consent import ConsentRegistry, Scope
     from agent.home import open_state_db
 
     with open_state_db(world.agent_home) as db:
@@ -117,22 +112,16 @@ def _stage_consent(world: DrillWorld) -> dict[str, Any]:
             res = registry.import_csv(world.consent)
             figures.update(rows=res.rows, added=res.added, changed=res.changed, unchanged=res.unchanged)
         counts = registry.counts()
-        figures["opted_out_all"] = counts.get(_scope("all"), 0)
-        figures["opted_out_research"] = counts.get(_scope("research"), 0)
+        figures["opted_out_all"] = counts.get(Scope.ALL, 0)
+        figures["opted_out_research"] = counts.get(Scope.RESEARCH, 0)
     return figures
-
-
-def _scope(text: str) -> Any:
-    from agent.consent import Scope
-
-    return Scope(text)
 
 
 def _stage_read(world: DrillWorld) -> dict[str, Any]:
     from agent.check import check_tree
 
     assert world.ssmix2 is not None
-    rep = check_tree(world.ssmix2, workers=world.workers)
+    rep = check_tree(world.ssmix2, workers=world.config.workers)
     world.quarantine = [q.to_json() for q in rep.quarantine]
     j = rep.to_json()
     return {

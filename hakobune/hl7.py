@@ -158,7 +158,8 @@ def split_segments(text: str) -> list[str]:
     if text and text[0] == VT:
         text = text[1:]
     text = text.rstrip("\r\n" + FS)
-    return [s for s in _SEGMENT_END.split(text) if s]
+    lines = text.split("\r") if "\n" not in text else _SEGMENT_END.split(text)
+    return [s for s in lines if s]
 
 
 def fields_of(segment: str, sep: str = "|") -> list[str]:
@@ -274,14 +275,6 @@ def _cp932_to_jis(ch: str) -> bytes:
     else:
         j2 = s2 - 0x1F - (1 if s2 >= 0x80 else 0)
     return bytes((j1, j2))
-
-
-def component(value: str, n: int, sep: str = "^") -> str:
-    """Component n (1-based) of a field, or ""."""
-    if sep not in value:
-        return value if n == 1 else ""
-    parts = value.split(sep)
-    return parts[n - 1] if n <= len(parts) else ""
 
 
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?$")

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal, TypeVar, overload
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar, get_type_hints, overload
 
 import orjson
 from typing_extensions import dataclass_transform
@@ -217,26 +217,21 @@ def _component(v: dict[str, Any]) -> InjectionComponent:
     )
 
 
-_CONVERTERS: dict[str, Any] = {
-    "key": lambda v: RecordKey(**v),
-    "code": _coding,
-    "outcome": _coding,
-    "category": _coding,
-    "allergen": _coding,
-    "severity": _coding,
-    "drug": _coding,
-    "unit": _coding,
-    "dosage_form": _coding,
-    "dispense_unit": _coding,
-    "usage": _coding,
-    "route": _coding,
-    "specimen": _coding,
-    "battery": _coding,
-    "components": lambda v: tuple(_component(c) for c in v),
+def _converter(tp: Any) -> Callable[[Any], Any] | None:
+    """How to rebuild a field of declared type ``tp`` from its JSON value (None: as it is)."""
+    if tp is RecordKey:
+        return lambda v: RecordKey(**v)
+    if tp is Coding or tp == Coding | None:
+        return _coding
+    if tp == tuple[InjectionComponent, ...]:
+        return lambda v: tuple(_component(c) for c in v)
+    return None
+
+
+_FIELDS: dict[type[Any], tuple[tuple[str, Callable[[Any], Any] | None], ...]] = {
+    t: tuple((name, _converter(tp)) for name, tp in get_type_hints(t).items() if name != "kind")
+    for t in RECORD_TYPES
 }
-# LabResult.unit is a plain string, not a Coding.
-_PLAIN: dict[type[Any], frozenset[str]] = {LabResult: frozenset({"unit"})}
-_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {t: tuple(f.name for f in fields(t)) for t in RECORD_TYPES}
 
 
 def decode(data: bytes) -> Record:
@@ -248,12 +243,10 @@ def decode(data: bytes) -> Record:
     raw = obj.get("r")
     if cls is None or not isinstance(raw, dict):
         raise ValueError(f"unknown record kind {obj.get('kind')!r}")
-    plain = _PLAIN.get(cls, frozenset())
     kwargs: dict[str, Any] = {}
-    for name in _FIELD_NAMES[cls]:
+    for name, conv in _FIELDS[cls]:
         if name not in raw:
             raise ValueError(f"{cls.kind} record lacks field {name!r}")
         value = raw[name]
-        conv = None if name in plain else _CONVERTERS.get(name)
         kwargs[name] = conv(value) if conv is not None else value
     return cls(**kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -28,7 +27,6 @@ def check(
     would quarantine, with the reason."""
     if not ssmix2.is_dir():
         raise InputError(str(ssmix2), "not a directory (expected the root of an SS-MIX2 storage)")
-    n_workers = workers if workers > 0 else (os.cpu_count() or 1)
     with progress(not json_out) as bar:
         task = bar.add_task("reading SS-MIX2", total=None, rate="")
         started = time.perf_counter()
@@ -37,7 +35,7 @@ def check(
             rate = done / max(time.perf_counter() - started, 1e-9)
             bar.update(task, completed=done, rate=f"{rate:,.0f} files/s")
 
-        report = check_tree(ssmix2, workers=n_workers, on_progress=tick)
+        report = check_tree(ssmix2, workers=workers, on_progress=tick)
     if json_out:
         print_json(report.to_json())
     else:

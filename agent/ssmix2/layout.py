@@ -14,9 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 
-#: Data types read into records; every other type is counted and skipped.
-IN_SCOPE = frozenset({"ADT-00", "ADT-61", "PPR-01", "OMP-01", "OMP-11", "OMP-02", "OMP-12", "OML-11"})
-#: The HL7 message code (MSH-9.1) each in-scope data type must carry.
+#: The data types read into records, with the HL7 message code (MSH-9.1) each must carry.
 MESSAGE_CODE = {
     "ADT-00": "ADT",
     "ADT-61": "ADT",
@@ -27,6 +25,8 @@ MESSAGE_CODE = {
     "OMP-12": "RAS",
     "OML-11": "OUL",
 }
+#: Data types read into records; every other type is counted and skipped.
+IN_SCOPE = frozenset(MESSAGE_CODE)
 FLAGS = {"1": "current", "2": "superseded", "0": "deleted"}
 
 _DATA_TYPE = re.compile(r"^[A-Z][A-Z0-9]{2}(?:-[0-9A-Z]{2})?$")
@@ -72,17 +72,6 @@ class SsmixName:
                 self.department,
                 self.flag,
             )
-        )
-
-    def with_flag(self, flag: str) -> SsmixName:
-        return SsmixName(
-            self.patient_id,
-            self.care_date,
-            self.data_type,
-            self.order_no,
-            self.timestamp,
-            self.department,
-            flag,
         )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from agent.ssmix2.layout import MESSAGE_CODE
 from hakobune.errors import UnreadableMessage
-from hakobune.hl7 import decode
+from hakobune.hl7 import decode, split_segments
 
 
 @dataclass(slots=True)
@@ -53,29 +53,24 @@ def parse(raw: bytes, data_type: str) -> Message:
     if not raw:
         raise UnreadableMessage("empty file")
     text = decode(raw)
-    if text[:1] == "\x0b":
-        text = text[1:]
     # The last segment ends with CR/LF, an MLLP end block (FS, usually followed by CR), or both; a file
     # that just stops was cut.
-    body = text.rstrip("\x1c\r\n")
-    if len(body) == len(text):
+    if text[-1:] not in ("\x1c", "\r", "\n"):
         raise UnreadableMessage(
             f"truncated: the last segment has no terminator (file ends after {len(raw)} bytes)"
         )
-    if not body.startswith("MSH") or len(body) < 8:
+    lines = split_segments(text)
+    first = lines[0] if lines else ""
+    if not first.startswith("MSH"):
         raise UnreadableMessage("not an HL7 message: it does not start with an MSH segment")
-    fs = body[3]
-    enc = body[4:8]
-    if fs.isalnum() or len(set(enc + fs)) != 5 or any(c.isalnum() or c in "\r\n" for c in enc):
+    fs = first[3:4]
+    enc = first[4:8]
+    if len(first) < 8 or fs.isalnum() or len(set(enc + fs)) != 5 or any(c.isalnum() for c in enc):
         raise UnreadableMessage("not an HL7 message: MSH does not declare field and encoding characters")
     delims = STANDARD if fs == "|" and enc == "^~\\&" else Delimiters(fs, enc[0], enc[1], enc[2], enc[3])
-    if "\n" in body:
-        body = body.replace("\r\n", "\r").replace("\n", "\r")
     segments: list[list[str]] = []
     known = _KNOWN_IDS
-    for line in body.split("\r"):
-        if not line:
-            continue
+    for line in lines:
         parts = line.split(fs)
         sid = parts[0]
         if sid not in known or len(parts) == 1:

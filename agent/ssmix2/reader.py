@@ -164,8 +164,11 @@ def map_patients(
 
     ``fn`` must be a module-level function (it runs in worker processes when ``workers > 1``).  Stray
     entries found above patient level are yielded as quarantined :class:`FileOutcome` in their place.  At
-    most ``4 × workers`` batches are in flight, so memory is bounded by the batch size, not the tree."""
+    most ``4 × workers`` batches are in flight, so memory is bounded by the batch size, not the tree.
+    ``workers=0`` means one per core."""
     root_s = os.fspath(root)
+    if workers <= 0:
+        workers = os.cpu_count() or 1
     if not os.path.isdir(root_s):
         raise FileNotFoundError(root_s)
     if workers <= 1:
