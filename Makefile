@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/system-deps
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11)"; exit 1; }
+	scripts/system-deps
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -31,6 +32,7 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
+	HAKOBUNE_BENCH_DEPS=1 scripts/system-deps
 	$(BIN)/python bench/parse_throughput.py
 
 clean:
