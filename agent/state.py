@@ -4,7 +4,8 @@ it is readable only by its owner (mode 0600): it lists patient IDs.
 
 Adding a table
 --------------
-Declare a model here, subclassing :class:`Base` with typed ``Mapped[...]`` columns.  :meth:`StateDB.open`
+Declare a model here or in one of :data:`TABLE_MODULES`, subclassing :class:`Base` with typed
+``Mapped[...]`` columns.  :meth:`StateDB.open`
 runs ``create_all`` on every open, so a *new* table needs no migration: existing databases gain it the next
 time the agent starts.  Changing an *existing* table (a new column, a new index, a data fix) needs a
 migration: bump :data:`SCHEMA_VERSION` to ``n + 1`` and register ``MIGRATIONS[n] = fn``, where ``fn(conn)``
@@ -14,6 +15,7 @@ database written by a newer agent is refused rather than guessed at.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -52,6 +54,11 @@ BUSY_TIMEOUT_MS = 10_000
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+
+
+#: Modules that declare more tables of this database; :meth:`StateDB.open` imports them so that every table
+#: exists whichever part of the agent opened the file first.
+TABLE_MODULES = ("agent.fileindex", "agent.ledger")
 
 
 def utc_now() -> str:
@@ -149,6 +156,8 @@ class StateDB:
         Raises :class:`ConfigError` if the file is not a state database or was written by a newer agent.
         """
         path = Path(path)
+        for module in TABLE_MODULES:
+            importlib.import_module(module)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             _create_private_file(path)
