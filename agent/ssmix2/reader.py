@@ -9,11 +9,10 @@ bounded batches, so memory stays flat however many files the hospital holds.
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import TypeVar
 
 from agent.ssmix2.layout import (
@@ -30,6 +29,7 @@ from agent.ssmix2.layout import (
 from agent.ssmix2.mapping import MissingSegment, to_records
 from agent.ssmix2.message import parse
 from hakobune.errors import UnreadableMessage
+from hakobune.parallel import ordered_map
 from hakobune.records import Record
 
 T = TypeVar("T")
@@ -167,25 +167,9 @@ def map_patients(
     most ``4 × workers`` batches are in flight, so memory is bounded by the batch size, not the tree.
     ``workers=0`` means one per core."""
     root_s = os.fspath(root)
-    if workers <= 0:
-        workers = os.cpu_count() or 1
     if not os.path.isdir(root_s):
         raise FileNotFoundError(root_s)
-    if workers <= 1:
-        for item in _batches(root_s, batch):
-            yield item if isinstance(item, FileOutcome) else fn(root_s, item)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        window: deque[Future[T] | FileOutcome] = deque()
-        limit = 4 * workers
-        for item in _batches(root_s, batch):
-            window.append(item if isinstance(item, FileOutcome) else pool.submit(fn, root_s, item))
-            while len(window) > limit:
-                head = window.popleft()
-                yield head if isinstance(head, FileOutcome) else head.result()
-        while window:
-            head = window.popleft()
-            yield head if isinstance(head, FileOutcome) else head.result()
+    yield from ordered_map(partial(fn, root_s), _batches(root_s, batch), workers, passthrough=FileOutcome)
 
 
 def read_tree(root: str | os.PathLike[str], workers: int = 1, batch: int = 64) -> Iterator[FileOutcome]:
