@@ -482,7 +482,7 @@ def read_header(path: Path) -> SealedFile:
             size = os.fstat(f.fileno()).st_size
             head = f.read(len(MAGIC) + 4)
             if len(head) < len(MAGIC) + 4:
-                if MAGIC.startswith(head):
+                if MAGIC.startswith(head[: len(MAGIC)]):
                     raise Incomplete(where, f"incomplete: {size} bytes, the header is not complete")
                 raise InputError(where, "not a Hakobune changeset (bad magic)")
             if head[:6] != MAGIC[:6]:
