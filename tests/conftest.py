@@ -13,6 +13,9 @@ import pytest
 
 from hakobune.hl7 import encode_message
 
+#: Fixtures for real services (PostgreSQL) available to every test module.
+pytest_plugins = ["tests.postgres"]
+
 #: Real guideline sample messages (Apache-2.0), read in place, never copied into the repository.
 SAMPLES = Path(
     os.environ.get(

@@ -1,0 +1,1 @@
+"""Alembic migrations of the center catalog (run by :meth:`center.catalog.Catalog.open`)."""

@@ -1,0 +1,1 @@
+"""Catalog schema revisions, applied in order (``0001_initial`` first)."""
