@@ -15,8 +15,9 @@ Stream = Literal["clinical", "research"]
 STREAMS: tuple[Stream, ...] = get_args(Stream)
 
 #: A hospital ID: letters, digits and hyphens, starting with a letter or digit (e.g. the 10-digit
-#: medical-institution code).  It names directories and a system account, so nothing else is allowed.
-_HOSPITAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,31}")
+#: medical-institution code).  It names directories and a system account (hkb-<id>, at most 32
+#: characters for useradd), so nothing else is allowed.
+_HOSPITAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,27}")
 _CHANGESET = re.compile(r"(clinical|research)-([0-9]{12})\.hkcs")
 _RECEIPT = re.compile(r"(clinical|research)-([0-9]{12})\.receipt")
 
@@ -28,7 +29,7 @@ def check_hospital_id(value: str) -> str:
     """``value`` if it is a valid hospital ID, else :class:`ConfigError` saying why."""
     if not _HOSPITAL_ID.fullmatch(value):
         raise ConfigError(
-            f"bad hospital id {value!r}: use 1-32 letters, digits or hyphens, starting with a letter or digit"
+            f"bad hospital id {value!r}: use 1-28 letters, digits or hyphens, starting with a letter or digit"
         )
     return value
 
