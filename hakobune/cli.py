@@ -8,6 +8,7 @@ import sys
 import typer
 
 from agent.cli import app as agent_app
+from center.cli import app as center_app
 from hakobune.commands.drill import drill
 from hakobune.commands.synth import synth
 from hakobune.errors import HakobuneError
@@ -20,6 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(agent_app, name="agent", help="Hospital side: read SS-MIX2, consent, sync (hospital IT).")
+app.add_typer(
+    center_app, name="center", help="Server center: enroll, sshd, ingest, status (center operators)."
+)
 app.command(name="drill")(drill)
 app.command(name="synth")(synth)
 

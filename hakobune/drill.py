@@ -25,6 +25,10 @@ REPORT_FILE = "report.json"
 MARKER = ".hakobune-drill"
 HOSPITAL_DIR = "hospital"
 AGENT_DIR = "agent"
+CENTER_DIR = "center"
+KEYS_DIR = "keys"
+#: The drill's hospital ID at its center.
+DRILL_HOSPITAL = "9990000001"
 
 
 @dataclass(slots=True)
@@ -67,6 +71,16 @@ class DrillWorld:
     @property
     def agent_home(self) -> Path:
         return self.config.out / AGENT_DIR
+
+    @property
+    def center_home(self) -> Path:
+        return self.config.out / CENTER_DIR
+
+    @property
+    def release_key(self) -> Path:
+        """The drill's release private key.  In a real deployment it exists only as custodian shares;
+        the drill keeps it in OUT so that it can restore what it sent."""
+        return self.config.out / KEYS_DIR / "release.key"
 
 
 Stage = tuple[str, Callable[[DrillWorld], dict[str, Any]]]
@@ -136,10 +150,105 @@ def _stage_read(world: DrillWorld) -> dict[str, Any]:
     }
 
 
+def _stage_setup(world: DrillWorld) -> dict[str, Any]:
+    from hakobune.keys import RecipientPrivateKey, load_recipient_private, write_key
+    from hakobune.provision import provision_local
+
+    assert world.ssmix2 is not None
+    created = not world.release_key.exists()
+    if created:
+        world.release_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_key(world.release_key, RecipientPrivateKey.generate())
+    release = load_recipient_private(world.release_key).public
+    journal = world.ssmix2.parent / "journal"
+    provision_local(
+        hospital=DRILL_HOSPITAL,
+        ssmix2=world.ssmix2,
+        center_home=world.center_home,
+        agent_home=world.agent_home,
+        release=release,
+        journal=journal if journal.is_dir() else None,
+    )
+    return {
+        "hospital": DRILL_HOSPITAL,
+        "release_key": release.fingerprint,
+        "suite": release.suite,
+        "new": created,
+    }
+
+
+def _stage_sync(world: DrillWorld) -> dict[str, Any]:
+    from agent.commands.sync import run_once
+
+    doc = run_once(world.agent_home)
+    s, sh = doc["sync"], doc["ship"]
+    if sh["errors"]:
+        raise HakobuneError("; ".join(sh["errors"]))
+    return {
+        "status": s["status"],
+        "changeset": s["name"],
+        "kind": s["kind"],
+        "bytes": s["size"],
+        "scan": s["scan"],
+        **{
+            k: s["build"].get(k, 0)
+            for k in ("patients", "puts", "dels", "tombstones", "opted_out", "quarantined")
+        },
+        "uploaded": len(sh["uploaded"]),
+        "seconds": s["seconds"],
+    }
+
+
+def _stage_ingest(world: DrillWorld) -> dict[str, Any]:
+    from center.catalog import Catalog
+    from center.config import load_center_config
+    from center.ingest import ingest_all
+
+    cfg = load_center_config(world.center_home)
+    with Catalog.open(cfg.catalog_url) as catalog:
+        report = ingest_all(cfg, catalog)
+        status = [s for s in catalog.status() if s.hospital == DRILL_HOSPITAL and s.stream == "clinical"]
+    if report.rejected:
+        raise HakobuneError("center rejected: " + "; ".join(f"{n}: {r}" for n, r in report.rejected))
+    head = status[0] if status else None
+    return {
+        "stored": len(report.stored),
+        "bytes": report.bytes,
+        "duplicates": len(report.duplicates),
+        "shredded_keys": report.shredded,
+        "center_changesets": head.changesets if head else 0,
+        "center_bytes": head.bytes if head else 0,
+        "gaps": head.gaps if head else [],
+    }
+
+
+def _stage_receipts(world: DrillWorld) -> dict[str, Any]:
+    from agent.config import load_config
+    from agent.home import open_state_db
+    from agent.ship import connect, ship
+
+    cfg = load_config(world.agent_home)
+    with open_state_db(world.agent_home) as db:
+        transport = connect(cfg)
+        try:
+            result = ship(cfg, db, transport)
+        finally:
+            transport.close()
+    if result.errors or result.pending:
+        raise HakobuneError(
+            f"not acknowledged: {', '.join(result.pending) or '-'}; {'; '.join(result.errors)}"
+        )
+    return {"acknowledged": len(result.acked)}
+
+
 STAGES: list[Stage] = [
     ("hospital", _stage_hospital),
     ("consent", _stage_consent),
     ("read", _stage_read),
+    ("setup", _stage_setup),
+    ("sync", _stage_sync),
+    ("ingest", _stage_ingest),
+    ("receipts", _stage_receipts),
 ]
 
 

@@ -4,6 +4,13 @@ Every patient's files are a pure function of (seed, patient index, per-day chang
 ranges of patients and write their files, so the tree is byte-identical for any worker count.  ``advance``
 re-simulates each patient up to the new last day and applies only the difference to the tree: renames
 (``_1``→``_2`` superseded, ``_1``→``_0`` deleted) and new files.
+
+Like a gateway that keeps a transaction journal, the generator also writes ``out/journal/TR_<day>.DAT``:
+one line per storage operation of each simulated day (``ADD`` of a new ``_1`` file, ``RENAME`` to ``_2`` or
+``_0``), in the format of :mod:`agent.ssmix2.journal`.  The history before day 0 is what the storage held
+when journaling started, so it has no journal.  Lines of a day are sorted (by timestamp first), so the
+journal, too, is the same for any worker count, and ``generate(n)`` + ``advance(k)`` writes the same
+journal files as ``generate(n + k)``.
 """
 
 from __future__ import annotations
@@ -20,14 +27,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.ssmix2.journal import format_line, journal_file_name
 from hakobune.errors import InputError
 from hakobune.synth.messages import render
-from hakobune.synth.model import BASE_RATE, START, History, rate_multipliers, simulate, ymd_of_day
+from hakobune.synth.model import (
+    BASE_RATE,
+    NEVER,
+    START,
+    History,
+    Version,
+    ms_of,
+    rate_multipliers,
+    simulate,
+    ts17,
+    ymd_of_day,
+)
 
 FORMAT = 1
 SSMIX2_DIR = "ssmix2"
 CONSENT_FILE = "consent.csv"
 META_FILE = "synth.json"
+JOURNAL_DIR = "journal"
 DEFAULT_CHANGE_RATE = BASE_RATE
 
 Progress = Callable[[int, int], None]
@@ -102,6 +122,7 @@ class _Chunk:
     missing: int = 0
     consent: list[tuple[str, str]] = field(default_factory=list)
     patients: int = 0
+    journal: list[tuple[int, str]] = field(default_factory=list)  # (simulated day, journal line)
 
 
 @dataclass(frozen=True)
@@ -176,13 +197,15 @@ def _write_patient(task: _Task, h: History, t_to: int, out: _Chunk, made_prefix:
         out.files_by_type[v.dtype] += 1
         out.written += 1
         out.bytes_written += len(data)
+    out.journal.extend(_journal_lines(pid, h.versions, 0, t_to, set()))
 
 
 def _advance_patient(task: _Task, h: History, t_from: int, t_to: int, out: _Chunk) -> None:
     pid = h.profile.pid
     _prefix, pdir = _patient_dir(task.root, pid)
     made: set[str] = set()
-    for v in h.versions:
+    failed: set[int] = set()
+    for i, v in enumerate(h.versions):
         flag = v.flag_at(t_to)
         out.files_by_flag[flag] += 1
         out.files_by_type[v.dtype] += 1
@@ -195,6 +218,7 @@ def _advance_patient(task: _Task, h: History, t_from: int, t_to: int, out: _Chun
                     out.renamed += 1
                 except FileNotFoundError:
                     out.missing += 1
+                    failed.add(i)
             continue
         if tdir not in made:
             os.makedirs(tdir, exist_ok=True)
@@ -203,6 +227,76 @@ def _advance_patient(task: _Task, h: History, t_from: int, t_to: int, out: _Chun
         _write(f"{tdir}/{v.name(pid, flag)}", data)
         out.written += 1
         out.bytes_written += len(data)
+    out.journal.extend(_journal_lines(pid, h.versions, t_from, t_to, failed))
+
+
+def _journal_lines(
+    pid: str, versions: list[Version], d_from: int, t_to: int, failed: set[int]
+) -> Iterator[tuple[int, str]]:
+    """(day, line) for the storage operations of simulated days ``[d_from, t_to)``: each new file is an
+    ``ADD`` of its ``_1`` name, each supersession or deletion a ``RENAME`` (just before the new version is
+    written, or at a time of day derived from the name).  ``failed``: versions whose rename did not happen."""
+    folder = f"{pid[0:3]}/{pid[3:6]}/{pid}"
+    successor: dict[int, Version] = {}
+    last: dict[tuple[str, str, str], int] = {}
+    for i, v in enumerate(versions):
+        key = (v.date, v.dtype, v.order)
+        prev = last.get(key)
+        if prev is not None and versions[prev].end_flag == "2":
+            successor[prev] = v
+        last[key] = i
+    for i, v in enumerate(versions):
+        rel = f"{folder}/{v.date}/{v.dtype}/{v.name(pid, '1')}"
+        if d_from <= v.day < t_to:
+            yield v.day, format_line(ts17(v.ts), "ADD", rel)
+        if v.end_day != NEVER and d_from <= v.end_day < t_to and i not in failed:
+            nxt = successor.get(i)
+            at = nxt.ts - 1 if nxt is not None else _deletion_time(v.end_day, rel)
+            new = f"{folder}/{v.date}/{v.dtype}/{v.name(pid, v.end_flag)}"
+            yield v.end_day, format_line(ts17(at), "RENAME", rel, new)
+
+
+def _deletion_time(day: int, rel: str) -> int:
+    """A stable time of day (08:00-18:00) for a deletion, which the model does not time."""
+    h = int.from_bytes(hashlib.blake2b(rel.encode("ascii"), digest_size=4).digest(), "big")
+    return ms_of(day, 8 * 3_600_000 + h % (10 * 3_600_000))
+
+
+class _JournalSpool:
+    """Journal lines arrive per chunk, in any order: each day's lines are appended to a spool file and
+    written sorted at the end (memory: one day's lines)."""
+
+    def __init__(self, out: Path, fresh: bool) -> None:
+        self.dir = out / JOURNAL_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.days: set[int] = set()
+        for p in self.dir.iterdir():
+            if p.name.startswith(".spool-") or (fresh and p.name.startswith("TR_")):
+                p.unlink()
+
+    def _spool(self, day: int) -> Path:
+        return self.dir / f".spool-{ymd_of_day(day)}.tmp"
+
+    def add(self, lines: list[tuple[int, str]]) -> None:
+        by_day: dict[int, list[str]] = {}
+        for day, line in lines:
+            by_day.setdefault(day, []).append(line)
+        for day, day_lines in by_day.items():
+            with open(self._spool(day), "a", encoding="utf-8", newline="\n") as fh:
+                fh.writelines(day_lines)
+            self.days.add(day)
+
+    def finish(self) -> None:
+        for day in sorted(self.days):
+            spool = self._spool(day)
+            lines = spool.read_text(encoding="utf-8").splitlines(keepends=True)
+            lines.sort()
+            final = self.dir / journal_file_name(ymd_of_day(day))
+            part = final.with_name(final.name + ".part")
+            with open(part, "w", encoding="utf-8", newline="\n") as fh:
+                fh.writelines(lines)
+            os.replace(part, final)
+            spool.unlink()
 
 
 def _tasks(
@@ -232,7 +326,7 @@ def _execute(tasks: list[_Task], workers: int, patients: int, progress: Progress
             yield c
 
 
-def _collect(stats: SynthStats, chunks: Iterator[_Chunk]) -> list[tuple[str, str]]:
+def _collect(stats: SynthStats, chunks: Iterator[_Chunk], journal: _JournalSpool) -> list[tuple[str, str]]:
     flags: Counter[str] = Counter()
     types: Counter[str] = Counter()
     consent: list[tuple[str, str]] = []
@@ -244,6 +338,8 @@ def _collect(stats: SynthStats, chunks: Iterator[_Chunk]) -> list[tuple[str, str
         stats.bytes_written += c.bytes_written
         stats.renames_missing += c.missing
         consent.extend(c.consent)
+        journal.add(c.journal)
+    journal.finish()
     stats.files_by_flag = dict(flags)
     stats.files_by_type = dict(types)
     stats.files = sum(flags.values())
@@ -279,7 +375,8 @@ def generate(
     change_rate: float = DEFAULT_CHANGE_RATE,
     progress: Progress | None = None,
 ) -> SynthStats:
-    """Write ``out/ssmix2`` (the tree after ``days`` simulated days), ``out/consent.csv``, ``out/synth.json``.
+    """Write ``out/ssmix2`` (the tree after ``days`` simulated days), ``out/consent.csv``, ``out/synth.json``
+    and the transaction journal ``out/journal/TR_<day>.DAT`` of days 0 to ``days - 1``.
 
     Refuses a directory whose ``ssmix2`` already holds files."""
     if patients < 0 or days < 0:
@@ -298,7 +395,9 @@ def generate(
     stats = SynthStats(patients, days, days, seed, rates, workers=n_workers)
     mults = rate_multipliers(rates, days)
     consent = _collect(
-        stats, _execute(_tasks(root, seed, patients, mults, None, n_workers), n_workers, patients, progress)
+        stats,
+        _execute(_tasks(root, seed, patients, mults, None, n_workers), n_workers, patients, progress),
+        _JournalSpool(out, fresh=True),
     )
     stats.bytes = stats.bytes_written
     lines = ["patient_id,scope", *(f"{pid},{scope}" for pid, scope in consent)]
@@ -353,7 +452,9 @@ def advance(
     stats = SynthStats(patients, int(meta["days"]), t_to, seed, rates, workers=n_workers)
     mults = rate_multipliers(rates, t_to)
     _collect(
-        stats, _execute(_tasks(root, seed, patients, mults, t_from, n_workers), n_workers, patients, progress)
+        stats,
+        _execute(_tasks(root, seed, patients, mults, t_from, n_workers), n_workers, patients, progress),
+        _JournalSpool(out, fresh=False),
     )
     stats.bytes = int(meta.get("bytes", 0)) + stats.bytes_written
     stats.consent = {k: int(v) for k, v in meta.get("consent", {}).items()}

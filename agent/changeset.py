@@ -1,0 +1,352 @@
+"""Build one clinical changeset: the day's changes found by the file index, turned into record upserts and
+deletions against what was sent before, filtered by consent, and sealed into the outbox.
+
+The work per patient: list the changed type folders, pick each touched unit's current file (flag ``1``,
+newest timestamp), read it in a worker process, and compare its records with the hashes in
+``sent_unit``.  A unit with no current file left is deleted; a current file that cannot be read is
+quarantined and the unit keeps what was sent before (nothing is lost to a bad file).
+
+Everything the build changes in the state database happens in one transaction that commits only after the
+sealed file is safely in the outbox; a crash anywhere before that leaves the previous state, and the next
+run finds the same changes again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from agent.consent import ConsentSnapshot
+from agent.ledger import ExcludedPatient, PatientKey, QuarantinedFile, SentUnit
+from agent.ssmix2.layout import BadName, FoundFile, iter_patient_dirs, parse_name
+from agent.ssmix2.reader import Status, read_found
+from hakobune.records import encode, hash_encoded
+from hakobune.sealed import ChangesetWriter
+
+#: Patients per worker task.
+BATCH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class DirWork:
+    """A type folder to look at: all its units (``touched`` None) or only those order numbers."""
+
+    leaf_dir: str
+    touched: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PatientWork:
+    patient_id: str
+    dirs: tuple[DirWork, ...]
+
+
+@dataclass(slots=True)
+class UnitResult:
+    """The current state of one unit as read from the tree."""
+
+    unit: str  # patient/date/type/order
+    source: str | None  # current file name; None: no current file (the unit is deleted)
+    quarantined: tuple[str, str] | None = None  # (relpath, reason)
+    skipped: bool = False
+    records: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # item -> (hash, encoded)
+
+
+@dataclass(slots=True)
+class PatientResult:
+    patient_id: str
+    units: list[UnitResult]
+    strays: list[tuple[str, str]]  # (relpath, reason) of entries that are not SS-MIX2 files
+
+
+@dataclass
+class BuildStats:
+    patients: int = 0
+    units_read: int = 0
+    files_read: int = 0
+    puts: int = 0
+    dels: int = 0
+    tombstones: int = 0
+    opted_out: int = 0
+    quarantined: int = 0
+    skipped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def read_patients_work(args: tuple[str, list[PatientWork]]) -> list[PatientResult]:
+    """Worker: the current state of every touched unit of these patients."""
+    root, work = args
+    return [_read_patient(root, w) for w in work]
+
+
+def _read_patient(root: str, work: PatientWork) -> PatientResult:
+    units: list[UnitResult] = []
+    strays: list[tuple[str, str]] = []
+    for d in work.dirs:
+        try:
+            with os.scandir(os.path.join(root, d.leaf_dir)) as it:
+                entries = [(e.name, e) for e in it if e.is_file(follow_symlinks=False)]
+        except FileNotFoundError:
+            entries = []
+        rel_dir = tuple(d.leaf_dir.split("/"))
+        _, _, pid, date, dtype = rel_dir
+        best: dict[str, tuple[str, str, os.DirEntry[str]]] = {}  # order -> (timestamp, name, entry)
+        orders: set[str] = set()
+        for name, entry in sorted(entries, key=lambda e: e[0]):
+            try:
+                parsed = parse_name(name)
+            except BadName as e:
+                strays.append((f"{d.leaf_dir}/{name}", str(e)))
+                continue
+            if d.touched is not None and parsed.order_no not in d.touched:
+                continue
+            orders.add(parsed.order_no)
+            if parsed.current and (
+                parsed.order_no not in best or parsed.timestamp > best[parsed.order_no][0]
+            ):
+                best[parsed.order_no] = (parsed.timestamp, name, entry)
+        for order in sorted(orders | (d.touched or set())):
+            unit = f"{pid}/{date}/{dtype}/{order}"
+            if order not in best:
+                units.append(UnitResult(unit, None))
+                continue
+            _, name, entry = best[order]
+            st = entry.stat(follow_symlinks=False)
+            outcome = read_found(
+                root, FoundFile(f"{d.leaf_dir}/{name}", rel_dir, name, st.st_size, st.st_mtime_ns)
+            )
+            result = UnitResult(unit, name)
+            if outcome.status is Status.QUARANTINED:
+                result.quarantined = (outcome.relpath, outcome.reason)
+            elif outcome.status is Status.SKIPPED:
+                result.skipped = True
+            else:
+                for record in outcome.records:
+                    data = encode(record)
+                    result.records[record.key.item] = (hash_encoded(data), data)
+            units.append(result)
+    return PatientResult(work.patient_id, units, strays)
+
+
+def patient_token(token_key: bytes, stream: str, patient_id: str) -> bytes:
+    """The patient's pseudonymous token in sealed files: HMAC-SHA256(token key, stream, patient ID),
+    first 16 bytes.  Stable across re-baselines and agent reinstalls (the token key is backed up with the
+    agent keys), meaningless to the center."""
+    return hmac.new(token_key, f"{stream}\x00{patient_id}".encode(), hashlib.sha256).digest()[:16]
+
+
+def put_op(encoded: bytes) -> bytes:
+    return b'{"put":' + encoded + b"}\n"
+
+
+def del_op(unit: str, item: str) -> bytes:
+    return b'{"del":' + orjson.dumps([*unit.split("/"), item]) + b"}\n"
+
+
+def work_from_changes(changes: Iterable[tuple[str, set[str] | None]]) -> Iterator[PatientWork]:
+    """Group (leaf dir, touched orders) pairs, ordered by leaf dir, into per-patient work."""
+    current: str | None = None
+    dirs: list[DirWork] = []
+    for leaf_dir, touched in changes:
+        pid = leaf_dir.split("/")[2]
+        if pid != current and current is not None:
+            yield PatientWork(current, tuple(dirs))
+            dirs = []
+        current = pid
+        dirs.append(DirWork(leaf_dir, frozenset(touched) if touched is not None else None))
+    if current is not None:
+        yield PatientWork(current, tuple(dirs))
+
+
+def whole_patient(root: Path, patient_rel: str) -> PatientWork:
+    """Work that reads every unit of one patient folder."""
+    pid = patient_rel.rsplit("/", 1)[-1]
+    dirs = []
+    base = root / patient_rel
+    try:
+        for date in sorted(os.listdir(base)):
+            if os.path.isdir(base / date):
+                for dtype in sorted(os.listdir(base / date)):
+                    if os.path.isdir(base / date / dtype):
+                        dirs.append(DirWork(f"{patient_rel}/{date}/{dtype}", None))
+    except FileNotFoundError:
+        pass
+    return PatientWork(pid, tuple(dirs))
+
+
+def patient_rel(patient_id: str) -> str:
+    return f"{patient_id[0:3]}/{patient_id[3:6]}/{patient_id}"
+
+
+def all_patients(root: Path) -> Iterator[PatientWork]:
+    for item in iter_patient_dirs(str(root)):
+        if isinstance(item, str):
+            yield whole_patient(root, item)
+
+
+class Builder:
+    """Turns per-patient read results into sealed frames and ledger updates, inside ``session``."""
+
+    def __init__(
+        self,
+        session: Session,
+        writer: ChangesetWriter,
+        *,
+        stream: str,
+        sequence: int,
+        token_key: bytes,
+        consent: ConsentSnapshot,
+        fresh: bool,
+        now: str,
+    ) -> None:
+        self.session = session
+        self.writer = writer
+        self.stream = stream
+        self.sequence = sequence
+        self.token_key = token_key
+        self.consent = consent
+        self.fresh = fresh
+        self.now = now
+        self.stats = BuildStats()
+        self._unit_rows: list[dict[str, object]] = []
+
+    # --- consent ---------------------------------------------------------------------------------------
+
+    def erase(self, patient_id: str) -> None:
+        """A patient opted out after data was sent: drop the key and what was sent, send a tombstone."""
+        key = self.session.get(PatientKey, (self.stream, patient_id))
+        if key is not None:
+            self.writer.tombstone(key.token)
+            self.session.delete(key)
+            self.stats.tombstones += 1
+        self.session.execute(
+            delete(SentUnit).where(SentUnit.stream == self.stream, SentUnit.patient_id == patient_id)
+        )
+
+    def exclude(self, patient_id: str) -> None:
+        if self.session.get(ExcludedPatient, (self.stream, patient_id)) is None:
+            self.session.add(ExcludedPatient(stream=self.stream, patient_id=patient_id))
+
+    # --- one patient -----------------------------------------------------------------------------------
+
+    def add(self, result: PatientResult) -> None:
+        for relpath, reason in result.strays:
+            self._quarantine(relpath, reason)
+        pid = result.patient_id
+        if self.consent.excluded_from_backup(pid):
+            self.stats.opted_out += 1
+            self.erase(pid)
+            self.exclude(pid)
+            return
+        ops: list[bytes] = []
+        for unit in result.units:
+            ops.extend(self._unit(pid, unit))
+        if ops:
+            key = self._patient_key(pid)
+            self.writer.add(key.token, key.kid, key.key, ops)
+            self.stats.patients += 1
+        self._flush_units()
+
+    def _unit(self, pid: str, unit: UnitResult) -> list[bytes]:
+        old_row = None if self.fresh else self.session.get(SentUnit, (self.stream, unit.unit))
+        old: dict[str, str] = orjson.loads(old_row.hashes) if old_row is not None else {}
+        if unit.quarantined is not None:
+            self._quarantine(*unit.quarantined)
+            return []  # keep what was sent: a bad new file must not erase good data
+        if unit.skipped:
+            self.stats.skipped += 1
+            return []
+        ops: list[bytes] = []
+        if unit.source is None:
+            ops = [del_op(unit.unit, item) for item in sorted(old)]
+            if old_row is not None:
+                self.session.delete(old_row)
+            self.stats.dels += len(ops)
+            return ops
+        self.stats.units_read += 1
+        for item, (digest, data) in unit.records.items():
+            if old.get(item) != digest:
+                ops.append(put_op(data))
+                self.stats.puts += 1
+        for item in sorted(set(old) - set(unit.records)):
+            ops.append(del_op(unit.unit, item))
+            self.stats.dels += 1
+        hashes = orjson.dumps({item: digest for item, (digest, _) in unit.records.items()})
+        if old_row is None:
+            self._unit_rows.append(
+                {
+                    "stream": self.stream,
+                    "unit": unit.unit,
+                    "patient_id": pid,
+                    "source": unit.source,
+                    "hashes": hashes,
+                    "sequence": self.sequence,
+                }
+            )
+        else:
+            old_row.source, old_row.hashes, old_row.sequence = unit.source, hashes, self.sequence
+        return ops
+
+    def _flush_units(self, force: bool = False) -> None:
+        if self._unit_rows and (force or len(self._unit_rows) >= 2000):
+            self.session.execute(insert(SentUnit), self._unit_rows)
+            self._unit_rows = []
+
+    def finish(self) -> None:
+        self._flush_units(force=True)
+
+    def _patient_key(self, patient_id: str) -> PatientKey:
+        key = self.session.get(PatientKey, (self.stream, patient_id))
+        if key is None:
+            key = PatientKey(
+                stream=self.stream,
+                patient_id=patient_id,
+                token=patient_token(self.token_key, self.stream, patient_id),
+                kid=os.urandom(16),
+                key=os.urandom(32),
+                created_at=self.now,
+            )
+            self.session.add(key)
+        return key
+
+    def _quarantine(self, relpath: str, reason: str) -> None:
+        self.stats.quarantined += 1
+        row = self.session.get(QuarantinedFile, relpath)
+        if row is None:
+            self.session.add(
+                QuarantinedFile(relpath=relpath, reason=reason, first_seen=self.now, last_seen=self.now)
+            )
+        else:
+            row.reason, row.last_seen = reason, self.now
+
+
+def late_opt_outs(session: Session, stream: str, consent: ConsentSnapshot) -> list[str]:
+    """Patients with data sent (a key) who now opt out of backup."""
+    return [
+        pid
+        for pid in session.scalars(select(PatientKey.patient_id).where(PatientKey.stream == stream))
+        if consent.excluded_from_backup(pid)
+    ]
+
+
+def withdrawn_opt_outs(session: Session, stream: str, consent: ConsentSnapshot) -> list[str]:
+    """Patients whose data was held back by an opt-out that has since been withdrawn."""
+    rows = session.scalars(select(ExcludedPatient.patient_id).where(ExcludedPatient.stream == stream))
+    back = [pid for pid in rows if not consent.excluded_from_backup(pid)]
+    if back:
+        session.execute(
+            delete(ExcludedPatient).where(
+                ExcludedPatient.stream == stream, ExcludedPatient.patient_id.in_(back)
+            )
+        )
+    return back

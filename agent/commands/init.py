@@ -1,0 +1,77 @@
+"""``hakobune agent init``: create the agent home: keys, configuration, state database."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import typer
+
+from agent.config import config_path, load_config, render_config
+from agent.home import home_option, open_state_db
+from agent.keys import create_agent_keys
+from hakobune.console import console, print_json
+from hakobune.errors import ConfigError
+from hakobune.keys import check_suite, load_recipient_public, load_verify_key
+
+
+def init(
+    hospital: str = typer.Option(..., "--hospital", help="The hospital's ID at the center."),
+    ssmix2: Path = typer.Option(..., "--ssmix2", help="Root of the SS-MIX2 standardized storage."),
+    center: str = typer.Option(
+        ..., "--center", help="Where the center's inbox is: sftp://ACCOUNT@HOST:PORT or file:///DIR."
+    ),
+    release_key: Path | None = typer.Option(
+        None, "--release-key", help="The hospital's release public key (from 'hakobune keys ceremony')."
+    ),
+    center_key: Path | None = typer.Option(None, "--center-key", help="The center's receipt public key."),
+    known_hosts: Path | None = typer.Option(
+        None, "--known-hosts", help="known_hosts line(s) pinning the center's sshd host key."
+    ),
+    journal: Path | None = typer.Option(
+        None, "--journal", help="Folder of the TR_*.DAT transaction journal."
+    ),
+    suite: str = typer.Option(
+        "mlkem768-x25519", "--suite", help="mlkem768-x25519 (default) or cryptrec-p256."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print what to send to the center as JSON."),
+    home: Path = home_option(),
+) -> None:
+    """Create the agent's keys and configuration.  Prints the agent's public signing key and SSH key:
+    send both to the center operators for 'hakobune center enroll'."""
+    if config_path(home).exists():
+        raise ConfigError(f"{config_path(home)}: the agent is already set up here")
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = render_config(
+        hospital=hospital,
+        ssmix2=ssmix2.resolve(),
+        center_url=center,
+        journal=journal.resolve() if journal else None,
+        suite=check_suite(suite),
+    )
+    config_path(home).write_text(text, encoding="utf-8")
+    cfg = load_config(home)
+    created = create_agent_keys(cfg)
+    for given, target, check in (
+        (release_key, cfg.release_key, load_recipient_public),
+        (center_key, cfg.center_key, load_verify_key),
+    ):
+        if given is not None and target is not None:
+            check(given)
+            shutil.copyfile(given, target)
+    if known_hosts is not None and cfg.known_hosts is not None:
+        shutil.copyfile(known_hosts, cfg.known_hosts)
+    open_state_db(home).close()
+    doc = {
+        "home": str(home),
+        "hospital": cfg.hospital,
+        "agent_key": created.signing_public,
+        "ssh_key": created.ssh_public,
+    }
+    if json_out:
+        print_json(doc)
+        return
+    console.print(f"agent home [bold]{home}[/] set up for hospital [bold]{cfg.hospital}[/]")
+    console.print("send these to the center operators ('hakobune center enroll'):")
+    console.print(f"  agent key: {created.signing_public}", soft_wrap=True)
+    console.print(f"  ssh key:   {created.ssh_public}", soft_wrap=True)

@@ -1,0 +1,118 @@
+"""``hakobune agent status``: last receipt, pending outbox, quarantine, holds and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+from sqlalchemy import func, select
+
+from agent.home import home_option, open_state_db
+from agent.ledger import Hold, OutboxItem, QuarantinedFile, StreamState
+from agent.state import StateDB
+from hakobune.console import console, print_json
+
+
+def agent_status(db: StateDB) -> dict[str, Any]:
+    """The agent's state as a JSON-ready dict."""
+    with db.session() as s:
+        streams = []
+        for st in s.scalars(select(StreamState).order_by(StreamState.stream)):
+            last_acked = s.scalars(
+                select(OutboxItem)
+                .where(OutboxItem.stream == st.stream, OutboxItem.status == "acked")
+                .order_by(OutboxItem.sequence.desc())
+            ).first()
+            streams.append(
+                {
+                    "stream": st.stream,
+                    "last_sequence": st.last_sequence,
+                    "acked_sequence": st.acked_sequence,
+                    "baseline_sequence": st.baseline_sequence,
+                    "baseline_at": st.baseline_at,
+                    "last_receipt_at": last_acked.acked_at if last_acked else None,
+                }
+            )
+        pending = [
+            {
+                "name": o.name,
+                "size": o.size,
+                "kind": o.kind,
+                "created_at": o.created_at,
+                "attempts": o.attempts,
+                "last_error": o.last_error,
+            }
+            for o in s.scalars(
+                select(OutboxItem).where(OutboxItem.status == "pending").order_by(OutboxItem.sequence)
+            )
+        ]
+        quarantine = [
+            {
+                "file": q.relpath.rsplit("/", 1)[-1],
+                "path": q.relpath,
+                "reason": q.reason,
+                "since": q.first_seen,
+            }
+            for q in s.scalars(select(QuarantinedFile).order_by(QuarantinedFile.relpath))
+        ]
+        holds = [
+            {"at": h.at, "reason": h.reason, "confirmed_at": h.confirmed_at, "confirmed_by": h.confirmed_by}
+            for h in s.scalars(select(Hold).where(Hold.released_sequence.is_(None)).order_by(Hold.id))
+        ]
+        total_sent = s.scalar(select(func.count()).select_from(OutboxItem)) or 0
+    return {
+        "streams": streams,
+        "changesets": total_sent,
+        "pending": pending,
+        "held": holds,
+        "quarantine": quarantine,
+        "errors": [p["last_error"] for p in pending if p["last_error"]],
+    }
+
+
+def status(
+    json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    home: Path = home_option(),
+) -> None:
+    """Show the last receipt, the pending outbox, held days, quarantined files and errors."""
+    with open_state_db(home, create=False) as db:
+        doc = agent_status(db)
+    if json_out:
+        print_json(doc)
+        return
+    for st in doc["streams"]:
+        console.print(
+            f"[bold]{st['stream']}[/]: sealed up to {st['last_sequence']}, acknowledged up to "
+            f"{st['acked_sequence']} (last receipt {st['last_receipt_at'] or 'never'}), "
+            f"baseline {st['baseline_sequence']} at {st['baseline_at'] or '-'}"
+        )
+    if not doc["streams"]:
+        console.print("nothing synced yet")
+    if doc["pending"]:
+        t = Table("changeset", "bytes", "kind", "sealed at", "attempts", "last error", title="pending")
+        for p in doc["pending"]:
+            t.add_row(
+                p["name"],
+                f"{p['size']:,}",
+                p["kind"],
+                p["created_at"],
+                str(p["attempts"]),
+                p["last_error"] or "",
+            )
+        console.print(t)
+    for h in doc["held"]:
+        state = (
+            f"confirmed by {h['confirmed_by']}"
+            if h["confirmed_at"]
+            else "waiting for 'hakobune agent confirm'"
+        )
+        console.print(f"[red]held[/] {h['at']}: {h['reason']} ({state})")
+    if doc["quarantine"]:
+        q = Table(
+            "file", "reason", title=f"quarantined: {len(doc['quarantine'])} files", title_style="bold red"
+        )
+        for item in doc["quarantine"]:
+            q.add_row(item["file"], item["reason"])
+        console.print(q)

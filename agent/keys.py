@@ -1,0 +1,119 @@
+"""The agent's keys under ``HOME/keys``: its Ed25519 signing key, its SSH client key, the token key that
+turns patient IDs into pseudonymous tokens, and two public keys it is given: the hospital's release key
+(what clinical changesets are sealed to) and the center's receipt key.  Private files are 0600."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from agent.config import AgentConfig
+from hakobune.errors import ConfigError, InputError
+from hakobune.keys import (
+    PRIVATE_FILE_MODE,
+    RecipientPublicKey,
+    SigningKey,
+    VerifyKey,
+    load_recipient_public,
+    load_signing_key,
+    load_verify_key,
+    write_key,
+)
+
+TOKEN_KEY_SIZE = 32
+
+
+@dataclass(frozen=True, repr=False)
+class AgentKeys:
+    signing: SigningKey
+    token: bytes
+    release: RecipientPublicKey
+
+    @classmethod
+    def load(cls, cfg: AgentConfig) -> AgentKeys:
+        return cls(
+            load_signing_key(cfg.signing_key),
+            load_token_key(cfg.token_key),
+            load_recipient_public(cfg.release_key),
+        )
+
+
+def load_center_key(cfg: AgentConfig) -> VerifyKey:
+    if cfg.center_key is None:
+        raise ConfigError("center.public_key is not configured: receipts cannot be checked")
+    return load_verify_key(cfg.center_key)
+
+
+def write_private_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        raise ConfigError(f"{path}: already exists; refusing to overwrite a key") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_token_key(path: Path) -> bytes:
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise InputError(str(path), "token key file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(str(path), f"cannot read token key ({e})") from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise InputError(
+            str(path),
+            f"private key file is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600",
+        )
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except binascii.Error:
+        key = b""
+    if len(key) != TOKEN_KEY_SIZE:
+        raise InputError(str(path), "not a token key (32 bytes, base64)")
+    return key
+
+
+@dataclass(frozen=True)
+class CreatedKeys:
+    signing_public: str
+    ssh_public: str
+
+
+def create_agent_keys(cfg: AgentConfig) -> CreatedKeys:
+    """Create the agent's own keys (signing, SSH, token).  Refuses to overwrite any of them."""
+    for path in (cfg.signing_key, cfg.ssh_key, cfg.token_key):
+        if path.exists():
+            raise ConfigError(f"{path}: already exists; refusing to overwrite a key")
+    signing = SigningKey.generate()
+    write_key(cfg.signing_key, signing)
+    write_key(cfg.signing_key.with_suffix(".pub"), signing.public)
+    ssh = ed25519.Ed25519PrivateKey.generate()
+    write_private_bytes(
+        cfg.ssh_key,
+        ssh.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+    )
+    ssh_public = ssh.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    ssh_line = ssh_public.decode("ascii") + f" hakobune-agent-{cfg.hospital}\n"
+    cfg.ssh_key.with_name(cfg.ssh_key.name + ".pub").write_text(ssh_line, encoding="ascii")
+    write_private_bytes(cfg.token_key, base64.b64encode(os.urandom(TOKEN_KEY_SIZE)) + b"\n")
+    return CreatedKeys(signing.public.text().strip(), ssh_line.strip())
+
+
+def agent_public_key(cfg: AgentConfig) -> VerifyKey:
+    return load_signing_key(cfg.signing_key).public
