@@ -189,7 +189,7 @@ def _stage_sync(world: DrillWorld) -> dict[str, Any]:
         "changeset": s["name"],
         "kind": s["kind"],
         "bytes": s["size"],
-        "scan": s["scan"],
+        "scan": {k: s["scan"][k] for k in ("mode", "added", "removed", "renamed", "dirs_listed", "seconds")},
         **{
             k: s["build"].get(k, 0)
             for k in ("patients", "puts", "dels", "tombstones", "opted_out", "quarantined")
