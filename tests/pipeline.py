@@ -52,7 +52,12 @@ class Pipeline:
 
 
 def make_pipeline(
-    root: Path, ssmix2: Path, *, journal: Path | None = None, suite: str = "cryptrec-p256"
+    root: Path,
+    ssmix2: Path,
+    *,
+    journal: Path | None = None,
+    suite: str = "cryptrec-p256",
+    catalog_url: str | None = None,
 ) -> Pipeline:
     """``cryptrec-p256`` by default: the same code paths, faster keys for many small tests."""
     release = RecipientPrivateKey.generate(suite)  # type: ignore[arg-type]
@@ -63,6 +68,7 @@ def make_pipeline(
         agent_home=root / "agent",
         release=release.public,
         journal=journal,
+        catalog_url=catalog_url,
     )
     return Pipeline(root, ssmix2, world, release)
 

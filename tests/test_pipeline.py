@@ -278,7 +278,7 @@ def test_ransomware_day_is_held_not_shipped(pipe: Pipeline) -> None:
         p.with_name(p.name + ".locked").write_bytes(os.urandom(64))
         p.unlink()
     cfg = load_config(pipe.agent_home)
-    with open_state_db(pipe.agent_home) as db, pytest.raises(Held, match="vanished|not SS-MIX2"):
+    with open_state_db(pipe.agent_home) as db, pytest.raises(Held, match=r"vanished|not SS-MIX2"):
         run_sync(cfg, db)
     assert _outbox(pipe) == []
     with open_state_db(pipe.agent_home) as db:
@@ -326,3 +326,24 @@ def test_outbox_items_survive_a_crash_between_seal_and_commit(pipe: Pipeline) ->
         assert not orphan.exists()
         with db.session() as s:
             assert [o.sequence for o in s.scalars(select(OutboxItem))] == [result.sequence]
+
+
+def test_the_same_pipeline_on_a_postgresql_catalog(
+    tmp_path: Path, hospital_template: Path, postgres_url: str
+) -> None:
+    from tests.postgres import new_database
+
+    hospital = tmp_path / "hospital"
+    shutil.copytree(hospital_template, hospital, symlinks=True)
+    pipe = make_pipeline(tmp_path, hospital / SSMIX2_DIR, catalog_url=new_database(postgres_url))
+    assert pipe.center.catalog_url.startswith("postgresql")
+    _sync_ship(pipe)
+    assert pipe.ingest().stored == [changeset_name("clinical", 1)]
+    advance(hospital, 1, workers=1, change_rate=0.2)
+    _sync_ship(pipe)
+    assert pipe.ingest().stored == [changeset_name("clinical", 2)]
+    assert _collect(pipe) == [changeset_name("clinical", 2)]  # receipt 1 came with the second sync
+    with Catalog.open(pipe.center.catalog_url) as catalog:
+        status = next(s for s in catalog.status() if s.hospital == HOSPITAL and s.stream == "clinical")
+        assert status.last_sequence == 2 and not status.stale and status.gaps == []
+    assert decoded(pipe.replay().records) == decoded(expected_state(pipe.ssmix2))
