@@ -7,7 +7,6 @@ loaded; a bad value is one :class:`ConfigError` naming the file, the key and wha
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from hakobune.errors import ConfigError
 from hakobune.keys import SuiteName, check_suite
 from hakobune.naming import check_hospital_id
+from hakobune.tomlfile import read_toml, table
 
 CONFIG_NAME = "agent.toml"
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
@@ -66,12 +66,7 @@ def load_config(home: Path) -> AgentConfig:
     """Read and check ``HOME/agent.toml``."""
     home = Path(home)
     path = config_path(home)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; run 'hakobune agent init' first") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read ({e})") from None
+    doc = read_toml(path, "run 'hakobune agent init' first")
     return parse_config(doc, home, str(path))
 
 
@@ -96,11 +91,11 @@ def parse_config(doc: dict[str, Any], home: Path, where: str) -> AgentConfig:
             raise ConfigError(f"{where}: {key} is required")
         return str(value)
 
-    center = _table(doc, "center", where)
-    keys = _table(doc, "keys", where)
-    schedule = _table(doc, "schedule", where)
-    sync = _table(doc, "sync", where)
-    guard = _table(doc, "guard", where)
+    center = table(doc, "center", where)
+    keys = table(doc, "keys", where)
+    schedule = table(doc, "schedule", where)
+    sync = table(doc, "sync", where)
+    guard = table(doc, "guard", where)
     try:
         hospital = check_hospital_id(required(doc, "hospital"))
         suite = check_suite(get(keys, "suite", str, "mlkem768-x25519"))
@@ -144,13 +139,6 @@ def parse_config(doc: dict[str, Any], home: Path, where: str) -> AgentConfig:
         workers=get(sync, "workers", int, 0),
         guard=GuardConfig(min_files=get(guard, "min_files", int, 200), **shares),
     )
-
-
-def _table(doc: dict[str, Any], name: str, where: str) -> dict[str, Any]:
-    value = doc.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{name}] must be a table")
-    return value
 
 
 def render_config(

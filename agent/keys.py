@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,11 @@ from hakobune.keys import (
     RecipientPublicKey,
     SigningKey,
     VerifyKey,
+    check_private_mode,
     load_recipient_public,
     load_signing_key,
     load_verify_key,
+    read_key_text,
     write_key,
 )
 
@@ -64,18 +65,8 @@ def write_private_bytes(path: Path, data: bytes) -> None:
 
 
 def load_token_key(path: Path) -> bytes:
-    try:
-        st = path.stat()
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        raise InputError(str(path), "token key file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(str(path), f"cannot read token key ({e})") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise InputError(
-            str(path),
-            f"private key file is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600",
-        )
+    text, mode = read_key_text(path)
+    check_private_mode(path, mode)
     try:
         key = base64.b64decode(text.strip(), validate=True)
     except binascii.Error:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from center.layout import CenterLayout
 from hakobune.errors import ConfigError
+from hakobune.tomlfile import read_toml, table
 
 HOME_ENVVAR = "HAKOBUNE_CENTER_HOME"
 DEFAULT_HOME = Path("hakobune-center")
@@ -45,19 +44,14 @@ stale_hours = 26              # 'center status' flags a hospital with no changes
 def load_center_config(home: Path) -> CenterConfig:
     layout = CenterLayout(Path(home))
     path = layout.config
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; run 'hakobune center init' first") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read ({e})") from None
+    doc = read_toml(path, "run 'hakobune center init' first")
     where = str(path)
     catalog = doc.get("catalog", "sqlite:///catalog.db")
     if not isinstance(catalog, str):
         raise ConfigError(f"{where}: catalog must be a database URL")
     if catalog.startswith("sqlite:///") and not catalog.startswith("sqlite:////"):
         catalog = f"sqlite:///{layout.home.resolve() / catalog[len('sqlite:///') :]}"
-    sshd, ingest = _table(doc, "sshd", where), _table(doc, "ingest", where)
+    sshd, ingest = table(doc, "sshd", where), table(doc, "ingest", where)
     try:
         return CenterConfig(
             layout=layout,
@@ -70,10 +64,3 @@ def load_center_config(home: Path) -> CenterConfig:
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: bad value ({e})") from None
-
-
-def _table(doc: dict[str, Any], name: str, where: str) -> dict[str, Any]:
-    value = doc.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{name}] must be a table")
-    return value

@@ -273,20 +273,28 @@ def write_key(path: Path, key: SigningKey | VerifyKey | RecipientPrivateKey | Re
     return path
 
 
-def _read(path: Path) -> SigningKey | VerifyKey | RecipientPrivateKey | RecipientPublicKey:
+def read_key_text(path: Path) -> tuple[str, int]:
+    """A key file's text and its permission bits; :class:`InputError` if it cannot be read."""
     try:
         st = path.stat()
-        text = path.read_text(encoding="ascii")
+        return path.read_text(encoding="ascii"), stat.S_IMODE(st.st_mode)
     except FileNotFoundError:
         raise InputError(str(path), "key file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(str(path), f"cannot read key file ({e})") from None
+
+
+def check_private_mode(path: Path, mode: int) -> None:
+    """Refuse a private key file that anyone but its owner may read."""
+    if mode & 0o077:
+        raise InputError(str(path), f"private key file is readable by others (mode {mode:04o}); chmod 600")
+
+
+def _read(path: Path) -> SigningKey | VerifyKey | RecipientPrivateKey | RecipientPublicKey:
+    text, mode = read_key_text(path)
     key = parse_key(text, str(path))
-    if isinstance(key, SigningKey | RecipientPrivateKey) and stat.S_IMODE(st.st_mode) & 0o077:
-        raise InputError(
-            str(path),
-            f"private key file is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); chmod 600",
-        )
+    if isinstance(key, SigningKey | RecipientPrivateKey):
+        check_private_mode(path, mode)
     return key
 
 
