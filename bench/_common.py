@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from hakobune.synth import SSMIX2_DIR, advance, generate, read_meta
+from hakobune.synth.generator import MODEL_VERSION
 
 CACHE = Path(os.environ.get("HAKOBUNE_BENCH_CACHE", "/tmp/hakobune-bench"))
 
@@ -17,6 +19,8 @@ CACHE = Path(os.environ.get("HAKOBUNE_BENCH_CACHE", "/tmp/hakobune-bench"))
 def synthetic_tree(min_files: int, seed: int = 7) -> Path:
     """A synthetic hospital with at least ``min_files`` files, generated once and cached."""
     home = CACHE / f"hospital-{min_files}-{seed}"
+    if (home / "synth.json").exists() and read_meta(home).get("model_version") != MODEL_VERSION:
+        shutil.rmtree(home)  # made by an older generator: it could not be advanced
     if not (home / "synth.json").exists():
         patients = max(100, min_files // 9)
         generate(home, patients, 30, seed=seed)
