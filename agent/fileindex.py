@@ -27,7 +27,9 @@ tree (see ``docs/change-detection.md``).  Nothing here logs paths, which hold pa
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -37,7 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -45,7 +48,6 @@ from sqlalchemy import CheckConstraint
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from agent.ssmix2.journal import JournalError, JournalPosition, JournalReader, journal_end, journal_files
-from agent.ssmix2.layout import BadName, parse_name
 from agent.state import Base, StateDB, utc_now
 from hakobune.errors import HakobuneError, InputError
 
@@ -60,6 +62,8 @@ Progress = Callable[[int, int], None]
 FULL_WALK_EVERY = timedelta(days=7)
 #: Pending rows written per transaction (short write locks; the scan itself is not one transaction).
 WRITE_BATCH = 5000
+#: Index rows fetched from SQLite at a time while streaming.
+FETCH_BATCH = 2000
 #: Patient folders listed per unit of work handed to a listing thread.
 PATIENTS_PER_UNIT = 32
 #: Units listed ahead of the merge, per thread (bounds memory).
@@ -138,7 +142,7 @@ class ScanError(HakobuneError):
 
 @dataclass(frozen=True, slots=True)
 class ChangedFile:
-    """A file added (or rewritten) in a leaf folder, with its stat at scan time."""
+    """A file added (or rewritten in place) in a leaf folder, with its stat at scan time."""
 
     name: str
     size: int
@@ -151,8 +155,8 @@ class DirChange:
 
     leaf_dir: str
     added: tuple[ChangedFile, ...]
-    removed: tuple[str, ...]
-    rewritten: tuple[ChangedFile, ...]
+    removed: tuple[str, ...]  # names
+    rewritten: tuple[ChangedFile, ...]  # with their stat now (verify scans only)
 
     @property
     def patient_id(self) -> str:
@@ -352,15 +356,15 @@ class FileIndex:
         elif mode == "auto" and full_walk_every is not None and _older_than(last_walk, full_walk_every):
             problem = f"last full walk older than {full_walk_every.days} days"
         else:
-            positions = [JournalPosition(jf, jo or 0)]
-            if rf is not None:
-                positions.insert(0, JournalPosition(rf, ro or 0))
-            for pos in positions:
-                try:
-                    reader = JournalReader(journal_dir, pos)
-                    break
-                except JournalError as e:
-                    problem = str(e)
+            try:  # the end of the last read must still fit the journal (else it was cut or rewritten)
+                reader = JournalReader(journal_dir, JournalPosition(jf, jo or 0))
+            except JournalError as e:
+                problem = str(e)
+            if reader is not None and rf is not None:
+                # Start one read earlier (see ScanState.reread_file); if that older file is gone, the
+                # lines after the last read are still all there.
+                with contextlib.suppress(JournalError):
+                    reader = JournalReader(journal_dir, JournalPosition(rf, ro or 0))
         if reader is not None:
             return "journal", "journal", reader
         assert problem is not None
@@ -585,9 +589,9 @@ def _older_than(iso: str | None, age: timedelta) -> bool:
     return datetime.now(UTC) - then >= age
 
 
-def _rows(cur: sqlite3.Cursor, size: int = 2000) -> Iterator[Any]:
+def _rows(cur: sqlite3.Cursor) -> Iterator[Any]:
     while True:
-        batch = cur.fetchmany(size)
+        batch = cur.fetchmany(FETCH_BATCH)
         if not batch:
             return
         yield from batch
@@ -679,17 +683,15 @@ def _diff_dir(
             j += 1
     counts.added += len(added)
     counts.removed += len(removed)
-    if removed and added:
-        gone = {n.rsplit("_", 1)[0] for n in removed}
+    if removed and added:  # renames to another condition flag: same name up to the flag
+        gone = {n[:-1] for n in removed if _is_ssmix_name(n)}
         for n in added:
-            if n.rsplit("_", 1)[0] in gone:
+            if n[:-1] in gone and _is_ssmix_name(n):
                 counts.renamed += 1
                 if n.endswith("_0"):
                     counts.marked_deleted += 1
     for n in added:
-        try:
-            parse_name(n)
-        except BadName:
+        if not _is_ssmix_name(n):
             counts.unreadable += 1
 
 
@@ -704,6 +706,29 @@ def _lstat(root: str, leaf: str, name: str, counts: _Counts) -> tuple[int, int] 
         counts.stray += 1
         return None
     return st.st_size, st.st_mtime_ns
+
+
+#: A valid SS-MIX2 file name (as :func:`agent.ssmix2.layout.parse_name` accepts, but in one match).
+_NAME = re.compile(
+    r"[0-9A-Za-z]+_(-|[0-9]{8})_[A-Z][A-Z0-9]{2}(?:-[0-9A-Z]{2})?_[0-9A-Za-z]+_[0-9]{8,17}_(?:-|[0-9A-Za-z]+)_[012]"
+)
+
+
+def _is_ssmix_name(name: str) -> bool:
+    m = _NAME.fullmatch(name)
+    if m is None:
+        return False
+    care_date = m.group(1)
+    return care_date == "-" or _valid_care_date(care_date)
+
+
+@lru_cache(maxsize=4096)
+def _valid_care_date(care_date: str) -> bool:
+    try:
+        date(int(care_date[0:4]), int(care_date[4:6]), int(care_date[6:8]))
+    except ValueError:
+        return False
+    return True
 
 
 def _usable(name: str) -> bool:
@@ -780,11 +805,12 @@ class _Unit:
         self.dirs += 1
         out: list[str] = []
         for e in entries:
-            if e.is_dir(follow_symlinks=False) and _usable(e.name):
+            if e.is_dir(follow_symlinks=False) and (e.name.isascii() or _usable(e.name)):
                 out.append(e.name)
             else:
                 self.stray += 1
-        out.sort(key=lambda n: n + "/")
+        if len(out) > 1:
+            out.sort(key=lambda n: n + "/")
         return out
 
     def unlistable(self, rel: str) -> None:
@@ -806,11 +832,12 @@ def _list_files(
         unit.dirs += 1
     files: list[os.DirEntry[str]] = []
     for e in entries:
-        if e.is_file(follow_symlinks=False) and _usable(e.name):
+        if e.is_file(follow_symlinks=False) and (e.name.isascii() or _usable(e.name)):
             files.append(e)
         elif unit is not None:
             unit.stray += 1
-    files.sort(key=lambda e: e.name)
+    if len(files) > 1:
+        files.sort(key=lambda e: e.name)
     if not stat_all:
         return [e.name for e in files], None
     names: list[str] = []
