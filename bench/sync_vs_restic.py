@@ -171,7 +171,17 @@ def main() -> None:
             f"ssh -i {ssh_key} -p {port} -o UserKnownHostsFile={known} -o BatchMode=yes "
             f"{RESTIC_USER}@127.0.0.1 -s sftp"
         )
-        restic = ["restic", "-r", "sftp::/repo", "-o", f"sftp.command={sftp_cmd}", "--no-cache", "-q"]
+        cache = ROOT / "restic-cache"  # restic's normal local cache (as a hospital would run it)
+        restic = [
+            "restic",
+            "-r",
+            "sftp::/repo",
+            "-o",
+            f"sftp.command={sftp_cmd}",
+            "--cache-dir",
+            str(cache),
+            "-q",
+        ]
         env = {"RESTIC_PASSWORD": RESTIC_PASSWORD}
         subprocess.run([*restic, "init"], check=True, env={**os.environ, **env}, capture_output=True)
         cfg = load_center_config(center_home)
