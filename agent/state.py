@@ -16,14 +16,12 @@ database written by a newer agent is refused rather than guessed at.
 from __future__ import annotations
 
 import importlib
-import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
@@ -41,6 +39,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from hakobune.errors import ConfigError
+from hakobune.sqlite import create_private_file, on_connect
 
 #: The schema this code writes.  Bump it (and add a migration) when an existing table changes.
 SCHEMA_VERSION = 1
@@ -49,10 +48,6 @@ Migration = Callable[[Connection], None]
 #: ``MIGRATIONS[n]`` upgrades a version-``n`` database to version ``n + 1``.
 MIGRATIONS: dict[int, Migration] = {}
 
-#: How long a writer waits for another agent process (scheduler vs. an operator's CLI) to release the lock.
-BUSY_TIMEOUT_MS = 10_000
-
-FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
@@ -115,29 +110,8 @@ class ConsentEvent(Base):
     source: Mapped[str]
 
 
-def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Take transactions away from the sqlite3 module (which neither wraps DDL nor begins before SELECT) and
-    # let SQLAlchemy's "begin" event issue BEGIN: every session is then one real SQLite transaction.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    finally:
-        cursor.close()
-
-
 def _on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
-
-
-def _create_private_file(path: Path) -> None:
-    """Create ``path`` if missing with mode 0600 (never briefly world-readable), and tighten an existing
-    one.  SQLite gives its ``-wal`` and ``-shm`` files the mode of the database file."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    os.close(fd)
-    os.chmod(path, FILE_MODE)
 
 
 class StateDB:
@@ -160,11 +134,11 @@ class StateDB:
             importlib.import_module(module)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-            _create_private_file(path)
+            create_private_file(path)
         except OSError as e:
             raise ConfigError(f"{path}: cannot create the agent state database ({e.strerror})") from e
         engine = create_engine(f"sqlite:///{path}")
-        event.listen(engine, "connect", _on_connect)
+        event.listen(engine, "connect", on_connect)
         event.listen(engine, "begin", _on_begin)
         try:
             with engine.begin() as conn:

@@ -16,7 +16,6 @@ database stores UTC.
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -66,6 +65,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 
 from hakobune.errors import ConfigError, HakobuneError, InputError
 from hakobune.naming import STREAMS, changeset_name, check_hospital_id, check_stream, parse_changeset_name
+from hakobune.sqlite import create_private_file, on_connect
 
 #: The Alembic script directory, shipped inside the ``center`` package.
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -78,9 +78,7 @@ STREAM_BATCH = 500
 #: Rejections counted by :meth:`Catalog.status`.
 REJECTION_WINDOW = timedelta(days=7)
 
-FILE_MODE = 0o600
 DIR_MODE = 0o700
-BUSY_TIMEOUT_MS = 10_000
 #: Key of the PostgreSQL advisory lock that serializes concurrent migrations ("HAKOBUNE" in ASCII).
 _MIGRATION_LOCK = 0x48414B4F42554E45
 #: Tables partitioned by hospital on PostgreSQL.
@@ -284,31 +282,10 @@ def _alembic_config() -> Config:
     return cfg
 
 
-def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # As in agent.state: SQLAlchemy's "begin" event issues BEGIN, so every transaction (DDL included) is a
-    # real SQLite transaction.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    finally:
-        cursor.close()
-
-
 def _on_sqlite_begin(conn: Connection) -> None:
     # Writers take the write lock up front (BEGIN IMMEDIATE): a deferred transaction that later needs to
     # write can fail with "database is locked" without waiting for busy_timeout.
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("hkb_write") else "BEGIN")
-
-
-def _create_private_file(path: Path) -> None:
-    """Create ``path`` if missing with mode 0600 (never briefly world-readable) and tighten an existing
-    one; SQLite gives its ``-wal`` and ``-shm`` files the mode of the database file."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    os.close(fd)
-    os.chmod(path, FILE_MODE)
 
 
 def _reason(e: BaseException) -> str:
@@ -345,11 +322,11 @@ def _make_engine(parsed: URL, shown: str) -> Engine:
         try:
             if not path.parent.exists():
                 path.parent.mkdir(parents=True, mode=DIR_MODE)
-            _create_private_file(path)
+            create_private_file(path)
         except OSError as e:
             raise ConfigError(f"{path}: cannot create the catalog database ({e.strerror})") from e
         engine = create_engine(parsed)
-        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "connect", on_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
         return engine
     try:
