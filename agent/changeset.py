@@ -184,10 +184,6 @@ def whole_patient(root: Path, patient_rel: str) -> PatientWork:
     return PatientWork(pid, tuple(dirs))
 
 
-def patient_rel(patient_id: str) -> str:
-    return f"{patient_id[0:3]}/{patient_id[3:6]}/{patient_id}"
-
-
 def all_patients(root: Path) -> Iterator[PatientWork]:
     for item in iter_patient_dirs(str(root)):
         if isinstance(item, str):

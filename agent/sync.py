@@ -21,7 +21,6 @@ from agent.changeset import (
     PatientWork,
     all_patients,
     late_opt_outs,
-    patient_rel,
     read_patients_work,
     whole_patient,
     withdrawn_opt_outs,
@@ -32,7 +31,7 @@ from agent.consent import ConsentRegistry
 from agent.fileindex import FileIndex, ScanResult
 from agent.keys import AgentKeys
 from agent.ledger import Hold, OutboxItem, QuarantinedFile, SentUnit, StreamState
-from agent.ssmix2.layout import BadName, parse_name
+from agent.ssmix2.layout import BadName, parse_name, patient_folder
 from agent.state import StateDB, to_iso
 from hakobune.errors import HakobuneError
 from hakobune.naming import Stream, changeset_name, parse_changeset_name
@@ -302,7 +301,7 @@ def _work(root: Path, index: FileIndex, baseline: bool, withdrawn: set[str]) -> 
         yield from all_patients(root)
         return
     for pid in sorted(withdrawn):
-        yield whole_patient(root, patient_rel(pid))
+        yield whole_patient(root, patient_folder(pid))
     for work in work_from_changes(_touched(index)):
         if work.patient_id not in withdrawn:
             yield work

@@ -57,8 +57,7 @@ class SsmixName:
     @property
     def folder(self) -> str:
         """Path of the folder the file belongs in, relative to the storage root."""
-        p = self.patient_id
-        return f"{p[0:3]}/{p[3:6]}/{p}/{self.care_date}/{self.data_type}"
+        return f"{patient_folder(self.patient_id)}/{self.care_date}/{self.data_type}"
 
     @property
     def file_name(self) -> str:
@@ -73,6 +72,11 @@ class SsmixName:
                 self.flag,
             )
         )
+
+
+def patient_folder(patient_id: str) -> str:
+    """A patient's folder relative to the storage root: ``PID[0:3]/PID[3:6]/PID``."""
+    return f"{patient_id[0:3]}/{patient_id[3:6]}/{patient_id}"
 
 
 class BadName(ValueError):
