@@ -26,6 +26,7 @@ from hakobune.keys import (
     load_verify_key,
     read_key_text,
     write_key,
+    write_key_bytes,
 )
 
 TOKEN_KEY_SIZE = 32
@@ -54,14 +55,7 @@ def load_center_key(cfg: AgentConfig) -> VerifyKey:
 
 def write_private_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
-    except FileExistsError:
-        raise ConfigError(f"{path}: already exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    write_key_bytes(path, data, PRIVATE_FILE_MODE)
 
 
 def load_token_key(path: Path) -> bytes:

@@ -262,15 +262,21 @@ def write_key(path: Path, key: SigningKey | VerifyKey | RecipientPrivateKey | Re
     keys 0644.  Refuses to overwrite an existing file."""
     private = isinstance(key, SigningKey | RecipientPrivateKey)
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_key_bytes(path, key.text().encode("ascii"), PRIVATE_FILE_MODE if private else 0o644)
+    return path
+
+
+def write_key_bytes(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``mode`` from the start (a private key is never briefly readable by others),
+    write ``data`` and fsync.  Refuses to overwrite an existing file."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE if private else 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         raise ConfigError(f"{path}: already exists; refusing to overwrite a key") from None
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(key.text())
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    return path
 
 
 def read_key_text(path: Path) -> tuple[str, int]:
