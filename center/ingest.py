@@ -35,6 +35,7 @@ from center.catalog import Catalog, ChangesetRow, DuplicateChangeset, HospitalRo
 from center.config import CenterConfig
 from center.keys import load_center_signing_key
 from center.layout import CenterLayout
+from hakobune.durable import fsync_dir
 from hakobune.errors import InputError
 from hakobune.keys import SigningKey, VerifyKey
 from hakobune.naming import Stream, check_stream, parse_changeset_name, receipt_name
@@ -179,7 +180,7 @@ def _ingest_one(
         sealed = verify(tmp, agent_key, hospital=hospital.id)
         _check_chain(path, sealed, last.header_hash if last else ZERO_HASH)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
     header = sealed.header
@@ -276,11 +277,3 @@ def _stalled(path: Path, hours: float) -> bool:
         return time.time() - path.stat().st_mtime > hours * 3600
     except FileNotFoundError:
         return False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

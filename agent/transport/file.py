@@ -22,6 +22,7 @@ from agent.transport.base import (
     local_size,
     too_large,
 )
+from hakobune.durable import fsync_dir
 from hakobune.errors import ConfigError
 
 
@@ -81,7 +82,7 @@ class FileTransport:
                 out.flush()
                 os.fsync(out.fileno())
             if remote is None:
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
         except OSError as e:
             raise TransportError(f"{target}: upload failed: {e.strerror or e}") from e
         final = self.exists(name)
@@ -129,12 +130,3 @@ class FileTransport:
 
     def close(self) -> None:
         self._closed = True
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a newly created directory entry durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
