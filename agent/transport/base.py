@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, Self
+from typing import BinaryIO, Protocol, Self
 
 from hakobune.errors import HakobuneError
 
@@ -138,3 +138,28 @@ class RateLimiter:
             # the sleep refilled exactly the debt; restart accounting from the (real) clock
             self._last = self._clock()
             self._tokens = 0.0
+
+
+def send_range(
+    src: BinaryIO,
+    write: Callable[[bytes], object],
+    offset: int,
+    size: int,
+    *,
+    chunk: int,
+    limiter: RateLimiter | None,
+    progress: Callable[[int], None] | None,
+    local: Path,
+) -> None:
+    """Copy bytes ``[offset, size)`` of ``src`` (already positioned at ``offset``) through ``write`` in
+    chunks, paced by ``limiter``, reporting the bytes done so far to ``progress`` after each chunk."""
+    while offset < size:
+        data = src.read(min(chunk, size - offset))
+        if not data:
+            raise TransportError(f"{local}: file shrank while uploading it")
+        if limiter is not None:
+            limiter.consume(len(data))
+        write(data)
+        offset += len(data)
+        if progress is not None:
+            progress(offset)

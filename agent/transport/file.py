@@ -20,6 +20,7 @@ from agent.transport.base import (
     check_remote_name,
     chunk_size_for,
     local_size,
+    send_range,
     too_large,
 )
 from hakobune.durable import fsync_dir
@@ -69,16 +70,16 @@ class FileTransport:
             fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "ab") as out, local.open("rb") as src:
                 src.seek(offset)
-                while offset < size:
-                    chunk = src.read(min(self._chunk, size - offset))
-                    if not chunk:
-                        raise TransportError(f"{local}: file shrank while uploading it")
-                    if self._limiter is not None:
-                        self._limiter.consume(len(chunk))
-                    out.write(chunk)
-                    offset += len(chunk)
-                    if on_progress is not None:
-                        on_progress(offset)
+                send_range(
+                    src,
+                    out.write,
+                    offset,
+                    size,
+                    chunk=self._chunk,
+                    limiter=self._limiter,
+                    progress=on_progress,
+                    local=local,
+                )
                 out.flush()
                 os.fsync(out.fileno())
             if remote is None:

@@ -39,6 +39,7 @@ from agent.transport.base import (
     check_remote_name,
     chunk_size_for,
     local_size,
+    send_range,
     too_large,
 )
 from hakobune.errors import ConfigError
@@ -383,15 +384,16 @@ class SftpTransport:
             f.set_pipelined(True)  # do not wait for each 32 KiB write to be acknowledged
             f.seek(offset)
             src.seek(offset)
-            while offset < size:
-                chunk = src.read(min(self._chunk, size - offset))
-                if not chunk:
-                    raise TransportError(f"{local}: file shrank while uploading it")
-                if self._limiter is not None:
-                    self._limiter.consume(len(chunk))
-                f.write(chunk)
-                offset += len(chunk)
-                progress(offset)
+            send_range(
+                src,
+                f.write,
+                offset,
+                size,
+                chunk=self._chunk,
+                limiter=self._limiter,
+                progress=progress,
+                local=local,
+            )
             self._fsync(f)
             f.close()
         final = self._size(path)
