@@ -217,14 +217,15 @@ def _build(
                 builder.erase(pid)
                 builder.exclude(pid)
             withdrawn = set(withdrawn_opt_outs(s, stream, consent))
-            work = _work(cfg.ssmix2, index, baseline, withdrawn)
+            gone: list[str] = []
+            work = _work(cfg.ssmix2, index, baseline, withdrawn, gone)
             for results in ordered_map(read_patients_work, _batched(str(cfg.ssmix2), work), cfg.workers):
                 for result in results:
                     builder.add(result)
                     if on_progress:
                         on_progress(1)
             builder.finish()
-            _forget_removed_quarantine(s, index)
+            _forget_removed_quarantine(s, gone)
             reason = (
                 None if confirmed is not None else guard_build(builder.stats, cfg.guard, scan.index_before)
             )
@@ -296,20 +297,28 @@ def _rebaseline_due(baseline_at: str | None, days: int, now: datetime) -> bool:
     return now - then >= timedelta(days=days)
 
 
-def _work(root: Path, index: FileIndex, baseline: bool, withdrawn: set[str]) -> Iterator[PatientWork]:
+def _work(
+    root: Path, index: FileIndex, baseline: bool, withdrawn: set[str], gone: list[str]
+) -> Iterator[PatientWork]:
+    """The patients to read; ``gone`` collects, as a side effect of the one pass over the index's
+    changes, the paths of files that disappeared."""
     if baseline:
+        for change in index.iter_changed_dirs():
+            gone.extend(f"{change.leaf_dir}/{name}" for name in change.removed)
         yield from all_patients(root)
         return
     for pid in sorted(withdrawn):
         yield whole_patient(root, patient_folder(pid))
-    for work in work_from_changes(_touched(index)):
+    for work in work_from_changes(_touched(index, gone)):
         if work.patient_id not in withdrawn:
             yield work
 
 
-def _touched(index: FileIndex) -> Iterator[tuple[str, set[str] | None]]:
-    """(leaf dir, order numbers touched) for every changed type folder; None = look at every unit."""
+def _touched(index: FileIndex, gone: list[str]) -> Iterator[tuple[str, set[str] | None]]:
+    """(leaf dir, order numbers touched) for every changed type folder; None = look at every unit.
+    Removed files' paths are appended to ``gone``."""
     for change in index.iter_changed_dirs():
+        gone.extend(f"{change.leaf_dir}/{name}" for name in change.removed)
         orders: set[str] = set()
         for name in [*(f.name for f in change.added), *change.removed, *(f.name for f in change.rewritten)]:
             try:
@@ -330,8 +339,7 @@ def _batched(root: str, work: Iterator[PatientWork]) -> Iterator[tuple[str, list
         yield root, batch
 
 
-def _forget_removed_quarantine(session: Session, index: FileIndex) -> None:
-    gone = [f"{c.leaf_dir}/{name}" for c in index.iter_changed_dirs() for name in c.removed]
+def _forget_removed_quarantine(session: Session, gone: list[str]) -> None:
     for i in range(0, len(gone), 500):
         session.execute(delete(QuarantinedFile).where(QuarantinedFile.relpath.in_(gone[i : i + 500])))
 
