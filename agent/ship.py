@@ -80,15 +80,13 @@ def ship(
             break  # keep the order: later changesets wait for this one
     deadline = time.monotonic() + wait
     while True:
-        waiting = [i for i in items if i.name not in result.acked]
-        for item in waiting:
-            _collect(cfg, db, transport, center_key, item, result)
-        waiting = [i for i in items if i.name not in result.acked]
-        if not waiting or time.monotonic() >= deadline:
-            break
+        for item in items:
+            if item.name not in result.acked:
+                _collect(cfg, db, transport, center_key, item, result)
+        result.pending = [i.name for i in items if i.name not in result.acked]
+        if not result.pending or time.monotonic() >= deadline:
+            return result
         time.sleep(poll)
-    result.pending = [i.name for i in items if i.name not in result.acked]
-    return result
 
 
 def _collect(
