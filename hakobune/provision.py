@@ -8,9 +8,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import AgentConfig, config_path, load_config, render_config
-from agent.home import open_state_db
-from agent.keys import create_agent_keys
+from agent.config import AgentConfig, config_path, load_config
+from agent.setup import init_agent
 from center.catalog import Catalog
 from center.config import CenterConfig, load_center_config
 from center.enroll import enroll, init_center
@@ -38,23 +37,17 @@ def provision_local(
     center = load_center_config(center_home)
     inbox = center.layout.inbox(hospital)
     if not config_path(agent_home).exists():
-        agent_home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        config_path(agent_home).write_text(
-            render_config(
-                hospital=hospital,
-                ssmix2=ssmix2.resolve(),
-                center_url=inbox.resolve().as_uri(),
-                journal=journal.resolve() if journal else None,
-                suite=release.suite,
-            ),
-            encoding="utf-8",
+        cfg, _ = init_agent(
+            agent_home,
+            hospital=hospital,
+            ssmix2=ssmix2,
+            center_url=inbox.resolve().as_uri(),
+            journal=journal,
+            suite=release.suite,
         )
-        cfg = load_config(agent_home)
-        create_agent_keys(cfg)
         write_key(cfg.release_key, release)
         assert cfg.center_key is not None
         shutil.copyfile(center.layout.public_key, cfg.center_key)
-        open_state_db(agent_home).close()
     cfg = load_config(agent_home)
     with Catalog.open(center.catalog_url) as catalog:
         if catalog.get_hospital(hospital) is None:

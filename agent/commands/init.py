@@ -7,11 +7,9 @@ from pathlib import Path
 
 import typer
 
-from agent.config import config_path, load_config, render_config
-from agent.home import home_option, open_state_db
-from agent.keys import create_agent_keys
+from agent.home import home_option
+from agent.setup import init_agent
 from hakobune.console import console, print_json
-from hakobune.errors import ConfigError
 from hakobune.keys import check_suite, load_recipient_public, load_verify_key
 
 
@@ -39,19 +37,9 @@ def init(
 ) -> None:
     """Create the agent's keys and configuration.  Prints the agent's public signing key and SSH key:
     send both to the center operators for 'hakobune center enroll'."""
-    if config_path(home).exists():
-        raise ConfigError(f"{config_path(home)}: the agent is already set up here")
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = render_config(
-        hospital=hospital,
-        ssmix2=ssmix2.resolve(),
-        center_url=center,
-        journal=journal.resolve() if journal else None,
-        suite=check_suite(suite),
+    cfg, created = init_agent(
+        home, hospital=hospital, ssmix2=ssmix2, center_url=center, journal=journal, suite=check_suite(suite)
     )
-    config_path(home).write_text(text, encoding="utf-8")
-    cfg = load_config(home)
-    created = create_agent_keys(cfg)
     for given, target, check in (
         (release_key, cfg.release_key, load_recipient_public),
         (center_key, cfg.center_key, load_verify_key),
@@ -61,7 +49,6 @@ def init(
             shutil.copyfile(given, target)
     if known_hosts is not None and cfg.known_hosts is not None:
         shutil.copyfile(known_hosts, cfg.known_hosts)
-    open_state_db(home).close()
     doc = {
         "home": str(home),
         "hospital": cfg.hospital,
