@@ -228,12 +228,8 @@ def _stage_receipts(world: DrillWorld) -> dict[str, Any]:
     from agent.ship import connect, ship
 
     cfg = load_config(world.agent_home)
-    with open_state_db(world.agent_home) as db:
-        transport = connect(cfg)
-        try:
-            result = ship(cfg, db, transport)
-        finally:
-            transport.close()
+    with open_state_db(world.agent_home) as db, connect(cfg) as transport:
+        result = ship(cfg, db, transport)
     if result.errors or result.pending:
         raise HakobuneError(
             f"not acknowledged: {', '.join(result.pending) or '-'}; {'; '.join(result.errors)}"

@@ -49,12 +49,8 @@ def _sync_ship(pipe: Pipeline) -> dict[str, object]:
 
 def _collect(pipe: Pipeline) -> list[str]:
     cfg = load_config(pipe.agent_home)
-    with open_state_db(pipe.agent_home) as db:
-        t = connect(cfg)
-        try:
-            return ship(cfg, db, t).acked
-        finally:
-            t.close()
+    with open_state_db(pipe.agent_home) as db, connect(cfg) as transport:
+        return ship(cfg, db, transport).acked
 
 
 def _outbox(pipe: Pipeline) -> list[str]:

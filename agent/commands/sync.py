@@ -52,11 +52,8 @@ def run_once(
             result = run_sync(cfg, db, on_progress=tick)
         doc: dict[str, Any] = {"sync": result.__dict__, "ship": None}
         if ship_it:
-            transport = connect(cfg)
-            try:
+            with connect(cfg) as transport:
                 shipped = ship(cfg, db, transport, wait=wait)
-            finally:
-                transport.close()
             doc["ship"] = shipped.__dict__
     return doc
 
