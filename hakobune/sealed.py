@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -506,10 +506,18 @@ def read_header(path: Path) -> SealedFile:
     return SealedFile(path, header, signature, size)
 
 
-def verify(path: Path, signer: VerifyKey, *, hospital: str | None = None) -> SealedFile:
+#: ``on_frame(frame number, key-table index, offset of the frame's nonce in the file, bytes from there)``
+FrameSink = Callable[[int, int, int, int], None]
+
+
+def verify(
+    path: Path, signer: VerifyKey, *, hospital: str | None = None, on_frame: FrameSink | None = None
+) -> SealedFile:
     """Check everything that can be checked without the recipient's private key: format, signature by
     ``signer``, that the changeset belongs to ``hospital``, sizes, the key table and every frame's
-    framing, and the payload hash.  Raises :class:`Incomplete` or :class:`InputError` with the reason."""
+    framing, and the payload hash.  Raises :class:`Incomplete` or :class:`InputError` with the reason.
+    ``on_frame`` learns where each frame lies as the pass goes, so a reader can later fetch frames out of
+    order (:func:`open_frame`) without a second pass; trust those locations only once this returns."""
     sealed = read_header(path)
     header, where = sealed.header, str(path)
     if not signer.verify(sealed.signature, header.prefix):
@@ -543,6 +551,8 @@ def verify(path: Path, signer: VerifyKey, *, hospital: str | None = None) -> Sea
             if index >= header.key_count:
                 raise InputError(where, f"frame {i} names key {index} of {header.key_count}")
             payload_hash.update(frame_head)
+            if on_frame is not None:
+                on_frame(i, index, f.tell(), length - 4)
             left = length - 4
             while left:
                 chunk = f.read(min(left, _READ))
@@ -575,6 +585,60 @@ class OpenStats:
     tombstones: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, repr=False)
+class KeyEntry:
+    """One key-table entry opened under the epoch key; ``aead`` is None for a shredded patient."""
+
+    token: bytes
+    kid: bytes
+    aead: AESGCM | None
+
+
+def open_epoch(sealed: SealedFile, private: RecipientPrivateKey) -> Epoch:
+    """The changeset's epoch key, unsealed with the recipient's private key."""
+    header = sealed.header
+    epoch = Epoch.unseal(
+        bytes.fromhex(header.epoch_id), header.epoch_sealed, private, header.hospital, header.stream
+    )
+    if epoch is None:
+        raise InputError(
+            str(sealed.path), f"cannot open the epoch key: sealed to key {header.recipient}, not this one"
+        )
+    return epoch
+
+
+def read_key_table(f: BinaryIO, sealed: SealedFile, epoch: Epoch) -> list[KeyEntry]:
+    """Every key-table entry of ``sealed`` (read from the open file ``f``), unwrapped under ``epoch``."""
+    header = sealed.header
+    f.seek(header.keys_offset)
+    table: list[KeyEntry] = []
+    for i in range(header.key_count):
+        entry = f.read(ENTRY_SIZE)
+        token, kid = entry[:TOKEN_SIZE], entry[TOKEN_SIZE : TOKEN_SIZE + KID_SIZE]
+        wrapped = entry[TOKEN_SIZE + KID_SIZE + 32 :]
+        key = unwrap_patient_key(epoch, token, kid, wrapped)
+        if key is None and wrapped != SHREDDED:
+            raise InputError(str(sealed.path), f"key entry {i} does not open under the epoch key")
+        table.append(KeyEntry(token, kid, AESGCM(key) if key else None))
+    return table
+
+
+def open_frame(
+    sealed: SealedFile, number: int, entry: KeyEntry, body: bytes, dctx: zstandard.ZstdDecompressor
+) -> list[bytes]:
+    """Decrypt and decompress frame ``number`` (``body`` = nonce, ciphertext and tag) into its operation
+    lines.  :class:`InputError` if it fails authentication (altered, moved, or not this patient's)."""
+    header = sealed.header
+    if entry.aead is None:
+        raise ValueError("a shredded patient's frame cannot be opened")
+    aad = _frame_aad(header.hospital, header.stream, header.sequence, number, entry.token, entry.kid)
+    try:
+        compressed = entry.aead.decrypt(body[:NONCE_SIZE], body[NONCE_SIZE:], aad)
+    except InvalidTag:
+        raise InputError(str(sealed.path), f"frame {number} fails authentication") from None
+    return dctx.decompress(compressed, max_output_size=MAX_FRAME * 8).splitlines(keepends=True)
+
+
 def open_changeset(
     path: Path, private: RecipientPrivateKey, signer: VerifyKey, *, hospital: str | None = None
 ) -> tuple[SealedFile, Iterator[Frame], OpenStats]:
@@ -583,43 +647,26 @@ def open_changeset(
     are skipped.  Raises :class:`InputError` if the file fails verification or ``private`` is not the
     key it was sealed to; the iterator raises :class:`InputError` if a frame fails authentication."""
     sealed = verify(path, signer, hospital=hospital)
-    header, where = sealed.header, str(path)
-    epoch = Epoch.unseal(
-        bytes.fromhex(header.epoch_id), header.epoch_sealed, private, header.hospital, header.stream
-    )
-    if epoch is None:
-        raise InputError(where, f"cannot open the epoch key: sealed to key {header.recipient}, not this one")
+    header = sealed.header
+    epoch = open_epoch(sealed, private)
     stats = OpenStats(tombstones=list(header.tombstones))
 
     def frames() -> Iterator[Frame]:
         dctx = zstandard.ZstdDecompressor()
         with open(path, "rb") as f:
-            f.seek(header.keys_offset)
-            table: list[tuple[bytes, bytes, AESGCM | None]] = []
-            for i in range(header.key_count):
-                entry = f.read(ENTRY_SIZE)
-                token, kid = entry[:TOKEN_SIZE], entry[TOKEN_SIZE : TOKEN_SIZE + KID_SIZE]
-                key = unwrap_patient_key(epoch, token, kid, entry[TOKEN_SIZE + KID_SIZE + 32 :])
-                if key is None and entry[TOKEN_SIZE + KID_SIZE + 32 :] != SHREDDED:
-                    raise InputError(where, f"key entry {i} does not open under the epoch key")
-                table.append((token, kid, AESGCM(key) if key else None))
-                stats.patients += key is not None
-                stats.shredded_patients += key is None
+            table = read_key_table(f, sealed, epoch)
+            for entry in table:
+                stats.patients += entry.aead is not None
+                stats.shredded_patients += entry.aead is None
             for i in range(header.frames):
                 length, index = struct.unpack(">II", f.read(8))
                 body = f.read(length - 4)
-                token, kid, aead = table[index]
-                if aead is None:
+                entry = table[index]
+                if entry.aead is None:
                     stats.shredded_frames += 1
                     continue
-                aad = _frame_aad(header.hospital, header.stream, header.sequence, i, token, kid)
-                try:
-                    compressed = aead.decrypt(body[:NONCE_SIZE], body[NONCE_SIZE:], aad)
-                except InvalidTag:
-                    raise InputError(where, f"frame {i} fails authentication") from None
-                data = dctx.decompress(compressed, max_output_size=MAX_FRAME * 8)
                 stats.frames += 1
-                yield Frame(token, data.splitlines(keepends=True))
+                yield Frame(entry.token, open_frame(sealed, i, entry, body, dctx))
 
     return sealed, frames(), stats
 

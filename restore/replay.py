@@ -5,20 +5,36 @@ previous changeset's hash) and a baseline resets the state.  Tombstones remove e
 erased patient; frames of shredded patients cannot be decrypted and are skipped.  The result equals the
 hospital's last synced SS-MIX2 state minus opted-out patients (the property the tests check).
 
-This in-memory form serves verification and tests; the restore database builds on the same loop.
+Two forms apply the same rules.  :func:`replay` goes changeset by changeset and holds the whole state in
+memory: the reference, for tests and small checks.  :class:`PatientReplay` goes *patient by patient*: it
+verifies every changeset once, noting where each patient's frames lie, then rebuilds one patient at a time
+from their frames across the whole chain.  Memory holds one patient's records plus a small index entry
+per patient, the first patient is ready as soon as the index is, and each patient can go on to search and
+export at once: this is what the restore database and the disaster-day export use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import zstandard
 
 from hakobune.errors import InputError
 from hakobune.keys import RecipientPrivateKey, VerifyKey
-from hakobune.sealed import ZERO_HASH, open_changeset
+from hakobune.sealed import (
+    ZERO_HASH,
+    KeyEntry,
+    SealedFile,
+    open_changeset,
+    open_epoch,
+    open_frame,
+    read_key_table,
+    verify,
+)
 
 RecordId = tuple[str, str, str, str, str]
 
@@ -83,3 +99,147 @@ def replay(
         state.changesets += 1
         state.shredded_frames += stats.shredded_frames
     return state
+
+
+def _apply(records: dict[RecordId, bytes], lines: list[bytes], where: str) -> None:
+    for line in lines:
+        if line.startswith(b'{"put":'):
+            encoded = line[7:].rstrip()[:-1]
+            k = orjson.loads(encoded)["r"]["key"]
+            records[(k["patient_id"], k["care_date"], k["data_type"], k["order_no"], k["item"])] = encoded
+        elif line.startswith(b'{"del":'):
+            pid, date, dtype, order, item = orjson.loads(line[7:].rstrip()[:-1])
+            records.pop((pid, date, dtype, order, item), None)
+        else:
+            raise InputError(where, "unknown operation in a frame")
+
+
+@dataclass(repr=False)
+class _Located:
+    """One verified changeset: its opened key table and where each patient's frames lie."""
+
+    sealed: SealedFile
+    fd: int
+    table: list[KeyEntry]
+    #: token -> [(frame number, offset of the frame body, body length)]
+    frames: dict[bytes, list[tuple[int, int, int]]]
+    tombstones: frozenset[bytes]
+
+
+@dataclass(frozen=True)
+class RestoredPatient:
+    """One patient's current records (canonical encodings) after the whole chain."""
+
+    token: bytes
+    records: dict[RecordId, bytes]
+
+
+@dataclass
+class PatientReplayStats:
+    changesets: int = 0
+    bytes: int = 0
+    tokens: int = 0
+    patients: int = 0
+    records: int = 0
+    #: Tokens with nothing left: erased by a tombstone or opted out.
+    erased: int = 0
+    #: Frames that could not be opened because the patient's key was shredded.
+    shredded_frames: int = 0
+
+
+class PatientReplay:
+    """Replay ``sealed`` (a chain from :func:`restore.chain.plan_chain`: baseline first) patient by patient.
+
+    Construction verifies every changeset in full (signature, hospital, chain, key table, payload hash)
+    and opens its key table with ``private``; :meth:`patients` then yields each patient's final records.
+    Use as a context manager (it holds the files open)."""
+
+    def __init__(
+        self, sealed: list[SealedFile], private: RecipientPrivateKey, signer: VerifyKey, *, hospital: str
+    ) -> None:
+        if not sealed or sealed[0].header.kind != "baseline":
+            raise InputError(str(sealed[0].path) if sealed else "-", "a replay starts at a baseline")
+        self.stats = PatientReplayStats()
+        self._chain: list[_Located] = []
+        self._order: dict[bytes, None] = {}
+        try:
+            prev: SealedFile | None = None
+            for s in sealed:
+                self._chain.append(self._locate(s.path, private, signer, hospital, prev))
+                prev = self._chain[-1].sealed
+        except BaseException:
+            self.close()
+            raise
+        self.stats.changesets = len(self._chain)
+        self.stats.tokens = len(self._order)
+
+    def _locate(
+        self,
+        path: Path,
+        private: RecipientPrivateKey,
+        signer: VerifyKey,
+        hospital: str,
+        prev: SealedFile | None,
+    ) -> _Located:
+        frames: dict[bytes, list[tuple[int, int, int]]] = {}
+        spots: list[tuple[int, int, int, int]] = []
+        sealed = verify(path, signer, hospital=hospital, on_frame=lambda *a: spots.append(a))
+        header = sealed.header
+        if prev is not None and (header.sequence != prev.header.sequence + 1 or header.prev != prev.hash):
+            raise InputError(str(path), f"does not follow sequence {prev.header.sequence} in the chain")
+        epoch = open_epoch(sealed, private)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                table = read_key_table(f, sealed, epoch)
+        except BaseException:
+            os.close(fd)
+            raise
+        for number, index, offset, length in spots:
+            token = table[index].token
+            frames.setdefault(token, []).append((number, offset, length))
+        for entry in table:
+            self._order.setdefault(entry.token, None)
+        self.stats.bytes += sealed.size
+        tombstones = frozenset(bytes.fromhex(t) for t in header.tombstones)
+        return _Located(sealed, fd, table, frames, tombstones)
+
+    def patients(self) -> Iterator[RestoredPatient]:
+        """Each patient with records left, in the order the chain first names them."""
+        dctx = zstandard.ZstdDecompressor()
+        index: list[dict[bytes, KeyEntry]] = [{e.token: e for e in c.table} for c in self._chain]
+        for token in self._order:
+            records: dict[RecordId, bytes] = {}
+            for c, entries in zip(self._chain, index, strict=True):
+                spots = c.frames.get(token)
+                if spots:
+                    entry = entries[token]
+                    if entry.aead is None:
+                        self.stats.shredded_frames += len(spots)
+                    else:
+                        for number, offset, length in spots:
+                            body = os.pread(c.fd, length, offset)
+                            if len(body) != length:
+                                raise InputError(str(c.sealed.path), f"frame {number} is cut short")
+                            _apply(
+                                records, open_frame(c.sealed, number, entry, body, dctx), str(c.sealed.path)
+                            )
+                if token in c.tombstones:
+                    records.clear()
+            if not records:
+                self.stats.erased += 1
+                continue
+            self.stats.patients += 1
+            self.stats.records += len(records)
+            yield RestoredPatient(token, records)
+
+    def close(self) -> None:
+        for c in self._chain:
+            os.close(c.fd)
+        self._chain = []
+
+    def __enter__(self) -> PatientReplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -17,7 +17,8 @@ from hakobune.keys import RecipientPrivateKey, VerifyKey, load_signing_key
 from hakobune.naming import Stream
 from hakobune.provision import LocalWorld, provision_local
 from hakobune.records import encode
-from restore.replay import RecordId, ReplayState, replay
+from restore.chain import plan_chain
+from restore.replay import PatientReplay, RecordId, ReplayState, replay
 
 HOSPITAL = "1310000001"
 
@@ -49,6 +50,15 @@ class Pipeline:
 
     def replay(self) -> ReplayState:
         return replay(self.stored(), self.release, self.agent_key(), hospital=HOSPITAL)
+
+    def patient_replay(self) -> dict[RecordId, bytes]:
+        """The same state rebuilt patient by patient from the newest baseline on (the restore path)."""
+        plan = plan_chain(self.center.layout.store(HOSPITAL, "clinical"), HOSPITAL)
+        state: dict[RecordId, bytes] = {}
+        with PatientReplay(plan.files, self.release, self.agent_key(), hospital=HOSPITAL) as rp:
+            for patient in rp.patients():
+                state.update(patient.records)
+        return state
 
 
 def make_pipeline(
