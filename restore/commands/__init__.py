@@ -1,0 +1,1 @@
+"""Command-line apps of the restore role (mounted by ``hakobune.cli``)."""
