@@ -1143,3 +1143,14 @@ def export_fhir(directory: Path, out: Path) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return count
+
+
+def record(
+    directory: Path | None, action: str, *, actor: str, hospital: str = "", details: Mapping[str, object]
+) -> None:
+    """Append one entry to the audit log in ``directory``; nothing when no log was given (``--audit``
+    is optional for commands that may run away from the center, like a custodian's approval)."""
+    if directory is None:
+        return
+    with AuditLog.open(directory) as log:
+        log.append(action, actor=actor, hospital=hospital, details=details)

@@ -9,9 +9,13 @@ import typer
 
 from agent.cli import app as agent_app
 from center.cli import app as center_app
+from hakobune.commands.audit import app as audit_app
 from hakobune.commands.drill import drill
+from hakobune.commands.keys import app as keys_app
 from hakobune.commands.synth import synth
 from hakobune.errors import HakobuneError
+from restore.commands.release import app as release_app
+from restore.commands.restore import app as restore_app
 
 app = typer.Typer(
     name="hakobune",
@@ -24,6 +28,14 @@ app.add_typer(agent_app, name="agent", help="Hospital side: read SS-MIX2, consen
 app.add_typer(
     center_app, name="center", help="Server center: enroll, sshd, ingest, status (center operators)."
 )
+app.add_typer(keys_app, name="keys", help="Release-key ceremony (hospital director, custodians).")
+app.add_typer(release_app, name="release", help="Release orders: create, approve, show, list (custodians).")
+app.add_typer(
+    restore_app,
+    name="restore",
+    help="Disaster base: unlock a released hospital, search patients, export FHIR.",
+)
+app.add_typer(audit_app, name="audit", help="Audit log: verify, show, sign heads, export FHIR AuditEvents.")
 app.command(name="drill")(drill)
 app.command(name="synth")(synth)
 

@@ -26,7 +26,6 @@ MARKER = ".hakobune-drill"
 HOSPITAL_DIR = "hospital"
 AGENT_DIR = "agent"
 CENTER_DIR = "center"
-KEYS_DIR = "keys"
 #: The drill's hospital ID at its center.
 DRILL_HOSPITAL = "9990000001"
 
@@ -75,12 +74,6 @@ class DrillWorld:
     @property
     def center_home(self) -> Path:
         return self.config.out / CENTER_DIR
-
-    @property
-    def release_key(self) -> Path:
-        """The drill's release private key.  In a real deployment it exists only as custodian shares;
-        the drill keeps it in OUT so that it can restore what it sent."""
-        return self.config.out / KEYS_DIR / "release.key"
 
 
 Stage = tuple[str, Callable[[DrillWorld], dict[str, Any]]]
@@ -138,6 +131,8 @@ def _stage_read(world: DrillWorld) -> dict[str, Any]:
     rep = check_tree(world.ssmix2, workers=world.config.workers)
     world.quarantine = [q.to_json() for q in rep.quarantine]
     j = rep.to_json()
+    if j["date_range"]["last"]:
+        world.facts["date_range_end"] = j["date_range"]["last"]
     return {
         "files": rep.files,
         "read": rep.read,
@@ -151,17 +146,14 @@ def _stage_read(world: DrillWorld) -> dict[str, Any]:
 
 
 def _stage_setup(world: DrillWorld) -> dict[str, Any]:
-    from hakobune.keys import RecipientPrivateKey, load_recipient_private, write_key
+    from hakobune.drill_release import release_public_key_path
+    from hakobune.keys import load_recipient_public, write_key
     from hakobune.provision import provision_local
 
     assert world.ssmix2 is not None
-    created = not world.release_key.exists()
-    if created:
-        world.release_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_key(world.release_key, RecipientPrivateKey.generate())
-    release = load_recipient_private(world.release_key).public
+    release = load_recipient_public(release_public_key_path(world))
     journal = world.ssmix2.parent / "journal"
-    provision_local(
+    local = provision_local(
         hospital=DRILL_HOSPITAL,
         ssmix2=world.ssmix2,
         center_home=world.center_home,
@@ -169,11 +161,15 @@ def _stage_setup(world: DrillWorld) -> dict[str, Any]:
         release=release,
         journal=journal if journal.is_dir() else None,
     )
+    rekeyed = load_recipient_public(local.agent.release_key).raw != release.raw
+    if rekeyed:  # a world made before this ceremony: the agent seals to the new key and re-baselines
+        local.agent.release_key.unlink()
+        write_key(local.agent.release_key, release)
     return {
         "hospital": DRILL_HOSPITAL,
         "release_key": release.fingerprint,
         "suite": release.suite,
-        "new": created,
+        "rekeyed": rekeyed,
     }
 
 
@@ -237,15 +233,25 @@ def _stage_receipts(world: DrillWorld) -> dict[str, Any]:
     return {"acknowledged": len(result.acked)}
 
 
-STAGES: list[Stage] = [
-    ("hospital", _stage_hospital),
-    ("consent", _stage_consent),
-    ("read", _stage_read),
-    ("setup", _stage_setup),
-    ("sync", _stage_sync),
-    ("ingest", _stage_ingest),
-    ("receipts", _stage_receipts),
-]
+def _stages() -> list[Stage]:
+    from hakobune import drill_release as r
+
+    return [
+        ("hospital", _stage_hospital),
+        ("consent", _stage_consent),
+        ("read", _stage_read),
+        # The release key must exist before anything is sealed to it: the ceremony comes before setup.
+        ("ceremony", r.stage_ceremony),
+        ("setup", _stage_setup),
+        ("sync", _stage_sync),
+        ("ingest", _stage_ingest),
+        ("receipts", _stage_receipts),
+        ("release", r.stage_release),
+        ("unlock", r.stage_unlock),
+        ("search", r.stage_search),
+        ("export", r.stage_export),
+        ("audit", r.stage_audit),
+    ]
 
 
 def prepare_out(out: Path) -> None:
@@ -268,7 +274,7 @@ def run_drill(
     started = datetime.now(UTC)
     results: list[StageResult] = []
     failed = False
-    for name, fn in stages or STAGES:
+    for name, fn in stages or _stages():
         if failed:
             results.append(StageResult(name, "skipped"))
             if on_done:
@@ -294,6 +300,7 @@ def run_drill(
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "stages": [r.to_json() for r in results],
+        "recovery": world.facts.get("recovery"),
         "quarantine": world.quarantine,
     }
     (config.out / REPORT_FILE).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")

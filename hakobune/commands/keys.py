@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import getpass
-from collections.abc import Mapping
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from hakobune.audit import record as audit_record
 from hakobune.console import console, print_json
 from hakobune.custody import (
     DEFAULT_SCRYPT_LOG_N,
@@ -29,18 +29,6 @@ app = typer.Typer(no_args_is_help=True, help="Release-key ceremony (hospital dir
 @app.callback()
 def _keys() -> None:
     """Release-key ceremony (hospital director, custodians)."""
-
-
-def audit_append(
-    audit: Path | None, action: str, *, actor: str, hospital: str, details: Mapping[str, object]
-) -> None:
-    """Append one entry to the audit log in ``audit`` (nothing when no ``--audit`` was given)."""
-    if audit is None:
-        return
-    from hakobune.audit import AuditLog
-
-    with AuditLog.open(audit) as log:
-        log.append(action, actor=actor, hospital=hospital, details=details)
 
 
 def _prompt_passphrases(groups: list[GroupSpec]) -> dict[str, str]:
@@ -101,7 +89,7 @@ def ceremony(
         scrypt_log_n=scrypt_log_n,
     )
     policy = result.policy
-    audit_append(
+    audit_record(
         audit,
         "ceremony",
         actor=by or getpass.getuser(),

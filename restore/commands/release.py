@@ -9,7 +9,7 @@ from typing import Any, Literal
 import typer
 from rich.table import Table
 
-from hakobune.commands.keys import audit_append
+from hakobune.audit import record as audit_record
 from hakobune.console import console, print_json
 from hakobune.custody import CustodyPolicy, load_policy
 from hakobune.errors import ConfigError, InputError
@@ -142,7 +142,7 @@ def create(
     )
     path = write_order(out, orders)
     o = orders.order
-    audit_append(
+    audit_record(
         audit,
         "order.create",
         actor=by or "operator",
@@ -186,7 +186,7 @@ def approve(
         typer.confirm(f"Approve release order {current.order.id}?", abort=True)
     updated, approval = approve_order(order, policy, signing, custodian=custodian, now=_now(now_text))
     status, reason = order_status(updated, policy, _now(now_text))
-    audit_append(
+    audit_record(
         audit,
         "order.approve",
         actor=approval.custodian,

@@ -40,6 +40,21 @@ def test_synthetic_drill_runs_every_stage_and_continues_incrementally(tmp_path: 
     assert read["files"] == hospital["files"] and read["patients"] == 60
     assert read["quarantined"] == 0 and rep["quarantine"] == []
     assert read["records"]["patient"] == 60
+    names = [s["name"] for s in rep["stages"]]
+    for stage in ("ceremony", "release", "unlock", "search", "export", "audit"):
+        assert stage in names
+    assert names.index("ceremony") < names.index("setup") < names.index("sync") < names.index("unlock")
+    unlock = _stage(rep, "unlock")["figures"]
+    fhir = sorted(p.stem for p in (out / "fhir").glob("*.json"))
+    assert unlock["patients"] == unlock["bundles"] == len(fhir) > 0
+    assert len(fhir) == 60 - _stage(rep, "consent")["figures"]["opted_out_all"]
+    recovery = rep["recovery"]
+    assert 0 < recovery["rto_first_bundle_seconds"] <= recovery["rto_last_bundle_seconds"]
+    assert recovery["rpo_hours"] >= 0
+    assert _stage(rep, "search")["figures"]["top5"] >= 0.95
+    assert _stage(rep, "export")["figures"]["nonconformant"] == 0
+    assert _stage(rep, "audit")["figures"]["ok"] is True
+    assert not list(out.rglob("release.key")), "the release private key is never written"
 
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
@@ -49,6 +64,8 @@ def test_synthetic_drill_runs_every_stage_and_continues_incrementally(tmp_path: 
     assert _stage(rep2, "read")["figures"]["files"] == h2["files"]
     consent = _stage(rep2, "consent")["figures"]
     assert consent["added"] == 0 and consent["unchanged"] == consent["rows"]
+    assert _stage(rep2, "ceremony")["figures"]["new"] is False
+    assert _stage(rep2, "unlock")["figures"]["sequence"] == _stage(rep, "unlock")["figures"]["sequence"] + 1
 
 
 def test_drill_on_the_real_samples_lists_the_quarantined_files(tmp_path: Path, samples: Path) -> None:
@@ -66,6 +83,8 @@ def test_drill_on_the_real_samples_lists_the_quarantined_files(tmp_path: Path, s
     assert all(q["reason"] for q in rep["quarantine"])
     read = _stage(rep, "read")["figures"]
     assert (read["read"], read["skipped"], read["quarantined"]) == (8, 11, 3)
+    bundles = sorted(p.name for p in (out / "fhir").glob("*.json"))
+    assert bundles and all(p.endswith(".json") for p in bundles)
 
 
 def test_a_failing_stage_fails_the_drill_and_skips_the_rest(tmp_path: Path) -> None:

@@ -1,0 +1,376 @@
+"""Disaster day end to end: a ceremony's release key, a synced and ingested hospital with opt-outs and a
+late opt-out (crypto-shredded at the center), an approved order, unlock with shares, replay into the
+restore database, search and FHIR export — and every way unlock must refuse."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from agent.commands.sync import run_once
+from agent.consent import ConsentRegistry
+from agent.home import open_state_db
+from center.catalog import Catalog
+from center.ingest import ingest_all
+from hakobune.audit import verify_log
+from hakobune.cli import app
+from hakobune.custody import CustodyError, ceremony, parse_group_spec
+from hakobune.errors import HakobuneError, InputError
+from hakobune.keys import RecipientPrivateKey, load_signing_key
+from hakobune.provision import LocalWorld, provision_local
+from hakobune.synth import CONSENT_FILE, SSMIX2_DIR, generate
+from restore.commands.restore import gather_shares, run_export, run_unlock
+from restore.database import RestoreDB
+from restore.orders import approve, create_order, write_order
+from tests.pipeline import decoded, expected_state
+
+HOSPITAL = "1310000009"
+GROUPS = ("director:1/1:director=院長", "custodians:2/3:deputy=副院長,prefecture=県,center-mo=センター")
+PASSPHRASES = {
+    "director": "director-pass",
+    "deputy": "deputy-pass",
+    "prefecture": "pref-pass1",
+    "center-mo": "cmo-pass1",
+}
+runner = CliRunner()
+
+
+@dataclass
+class World:
+    root: Path
+    ssmix2: Path
+    local: LocalWorld
+    ceremony: Path
+    opted_out: set[str]
+    late_opt_out: str
+
+    @property
+    def policy(self) -> Path:
+        return self.ceremony / "custody.json"
+
+    def share(self, custodian: str) -> Path:
+        return next((self.ceremony / "shares").glob(f"*-{custodian}.share"))
+
+    def sheet(self, custodian: str) -> Path:
+        return next((self.ceremony / "shares").glob(f"*-{custodian}.txt"))
+
+    def order(
+        self,
+        approvers: tuple[str, ...],
+        *,
+        scope: object = "all",
+        hours: float = 72,
+        hospital_policy: Path | None = None,
+    ) -> Path:
+        from hakobune.custody import load_policy
+
+        policy = load_policy(hospital_policy or self.policy)
+        now = datetime.now(UTC)
+        of = create_order(
+            policy,
+            scope=scope,  # type: ignore[arg-type]
+            purpose="test release",
+            recipient_id="9990000099",
+            recipient_name="災害拠点病院",
+            recipient_key=RecipientPrivateKey.generate("cryptrec-p256").public,
+            expires_at=now + timedelta(hours=hours),
+            now=now,
+        )
+        path = write_order(self.root / "orders", of)
+        for c in approvers:
+            key = load_signing_key((hospital_policy or self.policy).parent / "custodians" / f"{c}.key")
+            approve(path, policy, key, custodian=c, now=now)
+        return path
+
+    def ingest(self) -> None:
+        with Catalog.open(self.local.center.catalog_url) as catalog:
+            report = ingest_all(self.local.center, catalog)
+        assert not report.rejected
+
+    def unlock(self, order: Path, custodians: tuple[str, ...], out: Path, **kw: object) -> dict[str, object]:
+        shares = gather_shares([self.share(c) for c in custodians], PASSPHRASES, HOSPITAL, interactive=False)
+        return run_unlock(
+            order=order,
+            policy=self.policy,
+            shares=shares,
+            hospital=HOSPITAL,
+            out=out,
+            audit=self.root / "audit",
+            actor="test",
+            center=self.local.center.layout.home,
+            show_progress=False,
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+def _ceremony(out: Path, hospital: str = HOSPITAL) -> Path:
+    ceremony(hospital, out, [parse_group_spec(g) for g in GROUPS], PASSPHRASES, scrypt_log_n=4)
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("disaster")
+    generate(root / "hospital", 40, 6, seed=5, workers=1)
+    ssmix2 = root / "hospital" / SSMIX2_DIR
+    with open(root / "hospital" / CONSENT_FILE, encoding="utf-8") as f:
+        opted = {r["patient_id"] for r in csv.DictReader(f) if r["scope"] == "all"}
+    cer = _ceremony(root / "ceremony")
+    from hakobune.custody import load_policy
+
+    local = provision_local(
+        hospital=HOSPITAL,
+        ssmix2=ssmix2,
+        center_home=root / "center",
+        agent_home=root / "agent",
+        release=load_policy(cer / "custody.json").release_key,
+    )
+    w = World(root, ssmix2, local, cer, opted, "")
+    with open_state_db(local.agent.home) as db:
+        ConsentRegistry(db).import_csv(root / "hospital" / CONSENT_FILE)
+    assert not run_once(local.agent.home)["ship"]["errors"]
+    w.ingest()
+    run_once(local.agent.home)
+    # A late opt-out: the patient's data was sent; the next sync tombstones it and the center shreds it.
+    late = next(
+        pid for pid in sorted({p.name for p in ssmix2.glob("*/*/*") if p.is_dir()}) if pid not in opted
+    )
+    with open_state_db(local.agent.home) as db:
+        ConsentRegistry(db).set(late, "all")
+    run_once(local.agent.home)
+    w.ingest()
+    run_once(local.agent.home)
+    w.late_opt_out = late
+    w.opted_out = opted | {late}
+    return w
+
+
+def test_two_of_three_custodians_unlock_and_the_restore_equals_the_hospital(
+    world: World, tmp_path: Path
+) -> None:
+    order = world.order(("deputy", "prefecture"))
+    doc = world.unlock(order, ("deputy", "center-mo"), tmp_path / "restore", export=tmp_path / "fhir")
+    expected = decoded(expected_state(world.ssmix2, excluded=world.opted_out))
+    with RestoreDB.open(tmp_path / "restore") as db:
+        got = {}
+        for row in db.patients():
+            for r in row.records:
+                from hakobune.records import encode
+
+                k = r.key
+                got[(k.patient_id, k.care_date, k.data_type, k.order_no, k.item)] = orjson.loads(encode(r))
+        ids = {row.patient_id for row in db.patients()}
+        assert db.meta()["order"] == orjson.loads(order.read_bytes())["order"]["id"]
+    assert got == expected
+    assert ids and not ids & world.opted_out
+    files = {p.stem for p in (tmp_path / "fhir").glob("*.json")}
+    assert files == ids
+    replay = doc["replay"]
+    assert isinstance(replay, dict) and replay["patients"] == len(ids) and replay["erased"] >= 1
+    # Nothing of an opted-out or shredded patient in any bundle.
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "fhir").glob("*.json"))
+    for pid in world.opted_out:
+        assert f'"{pid}"'.encode() not in blob
+    report = verify_log(world.root / "audit")
+    assert report.ok, report.problems
+    log = (world.root / "audit" / "audit.log").read_bytes()
+    assert b'"unlock"' in log and b'"replay"' in log and b'"export"' in log
+
+
+def test_the_director_alone_unlocks_with_the_word_sheet(world: World, tmp_path: Path) -> None:
+    order = world.order(("director",))
+    shares = gather_shares([world.sheet("director")], {}, HOSPITAL, interactive=False)
+    doc = run_unlock(
+        order=order,
+        policy=world.policy,
+        shares=shares,
+        hospital=HOSPITAL,
+        out=tmp_path / "restore",
+        audit=world.root / "audit",
+        actor="test",
+        center=world.local.center.layout.home,
+        show_progress=False,
+    )
+    assert doc["replay"]["patients"] > 0  # type: ignore[index]
+
+
+def test_a_listed_scope_restores_only_those_patients(world: World, tmp_path: Path) -> None:
+    with RestoreDB.open(_full_restore(world, tmp_path)) as db:
+        some = sorted(row.patient_id for row in db.patients())[:3]
+    order = world.order(("director",), scope=[*some, world.late_opt_out])
+    world.unlock(order, ("director",), tmp_path / "listed")
+    with RestoreDB.open(tmp_path / "listed") as db:
+        assert sorted(row.patient_id for row in db.patients()) == some
+
+
+def _full_restore(world: World, tmp_path: Path) -> Path:
+    out = tmp_path / "full"
+    if not (out / "restore.db").exists():
+        world.unlock(world.order(("director",)), ("director",), out)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("approvers", "custodians", "message"),
+    [
+        (("deputy",), ("deputy", "prefecture"), "approv"),  # order approved by 1 of 3 only
+        (("deputy", "prefecture"), ("deputy",), "too few shares"),
+    ],
+)
+def test_unlock_refuses_too_few_approvals_or_shares(
+    world: World, tmp_path: Path, approvers: tuple[str, ...], custodians: tuple[str, ...], message: str
+) -> None:
+    order = world.order(approvers)
+    with pytest.raises(HakobuneError, match=message):
+        world.unlock(order, custodians, tmp_path / "restore")
+    assert not (tmp_path / "restore" / "restore.db").exists()
+
+
+def test_unlock_refuses_an_expired_order(world: World, tmp_path: Path) -> None:
+    order = world.order(("director",), hours=1)
+    with pytest.raises(HakobuneError, match="expired"):
+        world.unlock(order, ("director",), tmp_path / "r", now=datetime.now(UTC) + timedelta(hours=2))
+
+
+def test_unlock_refuses_shares_of_another_ceremony(world: World, tmp_path: Path) -> None:
+    other = _ceremony(tmp_path / "other")
+    order = world.order(("director",))
+    shares = gather_shares(
+        [next((other / "shares").glob("*-director.share"))], PASSPHRASES, HOSPITAL, interactive=False
+    )
+    with pytest.raises((CustodyError, InputError)):
+        run_unlock(
+            order=order,
+            policy=world.policy,
+            shares=shares,
+            hospital=HOSPITAL,
+            out=tmp_path / "r",
+            audit=world.root / "audit",
+            actor="test",
+            center=world.local.center.layout.home,
+            show_progress=False,
+        )
+
+
+def test_unlock_refuses_a_foreign_hospitals_order(world: World, tmp_path: Path) -> None:
+    other = _ceremony(tmp_path / "other", hospital="1310000010")
+    order = world.order(("director",), hospital_policy=other / "custody.json")
+    with pytest.raises(HakobuneError, match=r"1310000010|policy"):
+        world.unlock(order, ("director",), tmp_path / "r")
+
+
+def test_a_tampered_stored_changeset_fails_the_replay_and_leaves_no_database(
+    world: World, tmp_path: Path
+) -> None:
+    store = world.local.center.layout.store(HOSPITAL, "clinical")
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    first = sorted(copy.glob("*.hkcs"))[0]  # the baseline: its last bytes are a frame
+    data = bytearray(first.read_bytes())
+    data[-5] ^= 1
+    first.write_bytes(bytes(data))
+    agent_pub = tmp_path / "agent.pub"
+    from hakobune.keys import write_key
+
+    write_key(agent_pub, load_signing_key(world.local.agent.signing_key).public)
+    shares = gather_shares([world.share("director")], PASSPHRASES, HOSPITAL, interactive=False)
+    with pytest.raises(InputError, match=r"payload|frame"):
+        run_unlock(
+            order=world.order(("director",)),
+            policy=world.policy,
+            shares=shares,
+            hospital=HOSPITAL,
+            out=tmp_path / "r",
+            audit=world.root / "audit",
+            actor="test",
+            store=copy,
+            agent_key=agent_pub,
+            show_progress=False,
+        )
+    assert not (tmp_path / "r" / "restore.db").exists()
+
+
+def test_cli_search_show_and_export(world: World, tmp_path: Path) -> None:
+    folder = _full_restore(world, tmp_path)
+    audit = str(world.root / "audit")
+    with RestoreDB.open(folder) as db:
+        row = next(iter(db.patients()))
+    p = row.patient
+    res = runner.invoke(
+        app,
+        [
+            "restore",
+            "search",
+            "-r",
+            str(folder),
+            "--name",
+            f"{p.family_kana}{p.given_kana}",
+            "--birth",
+            p.birth_date,
+            "--audit",
+            audit,
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    found = orjson.loads(res.stdout)
+    assert found[0]["patient_id"] == row.patient_id and found[0]["reasons"]
+    res = runner.invoke(app, ["restore", "show", "-r", str(folder), "--json"])
+    assert res.exit_code == 0 and orjson.loads(res.stdout)["hospital"] == HOSPITAL
+    out = tmp_path / "export"
+    res = runner.invoke(
+        app,
+        [
+            "restore",
+            "export",
+            "-r",
+            str(folder),
+            "--out",
+            str(out),
+            "--ndjson",
+            str(tmp_path / "all.ndjson"),
+            "--patient",
+            row.patient_id,
+            "--audit",
+            audit,
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert orjson.loads(res.stdout)["bundles"] == 1
+    bundle = orjson.loads((out / f"{row.patient_id}.json").read_bytes())
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "document"
+    assert len((tmp_path / "all.ndjson").read_bytes().splitlines()) == 1
+    audit_log = (world.root / "audit" / "audit.log").read_text(encoding="utf-8")
+    assert p.family_kana not in audit_log and row.patient_id not in audit_log
+
+
+def test_search_and_export_refuse_a_folder_without_a_restore(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["restore", "show", "-r", str(tmp_path)])
+    assert res.exit_code != 0
+    with pytest.raises(InputError, match="no restore database"):
+        run_export(tmp_path, out=tmp_path / "x", ndjson=None, patients=None, audit=tmp_path / "a", actor="t")
+
+
+def test_cli_unlock_with_typed_words(world: World, tmp_path: Path) -> None:
+    from hakobune.custody import read_word_sheet
+
+    order = world.order(("director",))
+    words = read_word_sheet(world.sheet("director"))
+    args = ["restore", "unlock", "--order", str(order), "--policy", str(world.policy), "--hospital", HOSPITAL]
+    args += ["--out", str(tmp_path / "r"), "--center", str(world.local.center.layout.home)]
+    args += ["--audit", str(world.root / "audit"), "--typed", "1", "--workers", "1", "--json"]
+    res = runner.invoke(app, args, input=words + "\n")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r" / "restore.db").exists()
+    wrong = words.split()
+    wrong[6] = "zzzz"
+    res = runner.invoke(app, args, input=" ".join(wrong) + "\n")
+    assert res.exit_code != 0 and "word 7" in str(res.exception)
