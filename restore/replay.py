@@ -101,12 +101,25 @@ def replay(
     return state
 
 
+def _record_id(encoded: bytes) -> RecordId:
+    """The key of an encoded record, parsing only the key object (the encoding puts it first, and key
+    values are SS-MIX2 file-name fields and item numbers, which hold no braces); the whole record only if
+    that fails."""
+    start = encoded.find(b'"key":{')
+    end = encoded.find(b"}", start)
+    try:
+        k = orjson.loads(encoded[start + 6 : end + 1]) if start > 0 else orjson.loads(encoded)["r"]["key"]
+        return (k["patient_id"], k["care_date"], k["data_type"], k["order_no"], k["item"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        k = orjson.loads(encoded)["r"]["key"]
+        return (k["patient_id"], k["care_date"], k["data_type"], k["order_no"], k["item"])
+
+
 def _apply(records: dict[RecordId, bytes], lines: list[bytes], where: str) -> None:
     for line in lines:
         if line.startswith(b'{"put":'):
             encoded = line[7:].rstrip()[:-1]
-            k = orjson.loads(encoded)["r"]["key"]
-            records[(k["patient_id"], k["care_date"], k["data_type"], k["order_no"], k["item"])] = encoded
+            records[_record_id(encoded)] = encoded
         elif line.startswith(b'{"del":'):
             pid, date, dtype, order, item = orjson.loads(line[7:].rstrip()[:-1])
             records.pop((pid, date, dtype, order, item), None)
