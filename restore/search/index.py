@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,7 @@ def _keys(n: _Norm) -> set[int]:
     return {((crc32(b) << 32) | adler32(b)) - _HALF for b in (k.encode() for k in ks)}
 
 
+@lru_cache(maxsize=1)
 def normalizer_version() -> str:
     """Changes whenever stored keys would: the rules version and the variant table's content."""
     digest = hashlib.sha256(VARIANTS_FILE.read_bytes()).hexdigest()[:16]
