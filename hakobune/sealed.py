@@ -511,13 +511,23 @@ FrameSink = Callable[[int, int, int, int], None]
 
 
 def verify(
-    path: Path, signer: VerifyKey, *, hospital: str | None = None, on_frame: FrameSink | None = None
+    path: Path,
+    signer: VerifyKey,
+    *,
+    hospital: str | None = None,
+    on_frame: FrameSink | None = None,
+    payload: bool = True,
 ) -> SealedFile:
     """Check everything that can be checked without the recipient's private key: format, signature by
     ``signer``, that the changeset belongs to ``hospital``, sizes, the key table and every frame's
     framing, and the payload hash.  Raises :class:`Incomplete` or :class:`InputError` with the reason.
     ``on_frame`` learns where each frame lies as the pass goes, so a reader can later fetch frames out of
-    order (:func:`open_frame`) without a second pass; trust those locations only once this returns."""
+    order (:func:`open_frame`) without a second pass; trust those locations only once this returns.
+
+    ``payload=False`` skips over frame bodies instead of hashing them (call :func:`check_payload` later,
+    e.g. in a background thread): a reader that authenticates every frame it opens (AES-GCM with the
+    frame's number, token and key id as associated data) and finds the signed frame count and payload
+    length can start at once; the payload hash then also vouches for the frames it never opened."""
     sealed = read_header(path)
     header, where = sealed.header, str(path)
     if not signer.verify(sealed.signature, header.prefix):
@@ -550,9 +560,13 @@ def verify(
                 raise InputError(where, f"frame {i} has a bad length")
             if index >= header.key_count:
                 raise InputError(where, f"frame {i} names key {index} of {header.key_count}")
-            payload_hash.update(frame_head)
             if on_frame is not None:
                 on_frame(i, index, f.tell(), length - 4)
+            remaining -= length + 4
+            if not payload:
+                f.seek(length - 4, os.SEEK_CUR)
+                continue
+            payload_hash.update(frame_head)
             left = length - 4
             while left:
                 chunk = f.read(min(left, _READ))
@@ -560,12 +574,29 @@ def verify(
                     raise InputError(where, f"frame {i} is cut short")
                 payload_hash.update(chunk)
                 left -= len(chunk)
-            remaining -= length + 4
         if remaining:
             raise InputError(where, "payload holds more bytes than its frames")
-    if not hmac.compare_digest(payload_hash.hexdigest(), header.payload_sha256):
+    if payload and not hmac.compare_digest(payload_hash.hexdigest(), header.payload_sha256):
         raise InputError(where, "payload does not match the header (altered or corrupted)")
     return sealed
+
+
+def check_payload(sealed: SealedFile) -> None:
+    """Hash the payload of a changeset whose structure :func:`verify` checked with ``payload=False``;
+    :class:`InputError` if it does not match the signed header."""
+    header, where = sealed.header, str(sealed.path)
+    h = hashlib.sha256()
+    left = header.payload_length
+    with open(sealed.path, "rb") as f:
+        f.seek(header.payload_offset)
+        while left:
+            chunk = f.read(min(left, _READ * 4))
+            if not chunk:
+                raise InputError(where, "payload is cut short")
+            h.update(chunk)
+            left -= len(chunk)
+    if not hmac.compare_digest(h.hexdigest(), header.payload_sha256):
+        raise InputError(where, "payload does not match the header (altered or corrupted)")
 
 
 @dataclass(frozen=True)
@@ -609,18 +640,27 @@ def open_epoch(sealed: SealedFile, private: RecipientPrivateKey) -> Epoch:
 
 def read_key_table(f: BinaryIO, sealed: SealedFile, epoch: Epoch) -> list[KeyEntry]:
     """Every key-table entry of ``sealed`` (read from the open file ``f``), unwrapped under ``epoch``."""
+    return [open_key_entry(epoch, sealed, i, entry) for i, entry in enumerate(read_key_entries(f, sealed))]
+
+
+def read_key_entries(f: BinaryIO, sealed: SealedFile) -> list[bytes]:
+    """The raw key-table entries (124 bytes each), to open one by one with :func:`open_key_entry`."""
     header = sealed.header
     f.seek(header.keys_offset)
-    table: list[KeyEntry] = []
-    for i in range(header.key_count):
-        entry = f.read(ENTRY_SIZE)
-        token, kid = entry[:TOKEN_SIZE], entry[TOKEN_SIZE : TOKEN_SIZE + KID_SIZE]
-        wrapped = entry[TOKEN_SIZE + KID_SIZE + 32 :]
-        key = unwrap_patient_key(epoch, token, kid, wrapped)
-        if key is None and wrapped != SHREDDED:
-            raise InputError(str(sealed.path), f"key entry {i} does not open under the epoch key")
-        table.append(KeyEntry(token, kid, AESGCM(key) if key else None))
-    return table
+    data = f.read(header.key_count * ENTRY_SIZE)
+    if len(data) != header.key_count * ENTRY_SIZE:
+        raise InputError(str(sealed.path), "key table is cut short")
+    return [data[i : i + ENTRY_SIZE] for i in range(0, len(data), ENTRY_SIZE)]
+
+
+def open_key_entry(epoch: Epoch, sealed: SealedFile, index: int, entry: bytes) -> KeyEntry:
+    """Unwrap one raw key-table entry under ``epoch`` (``aead`` None if the patient was shredded)."""
+    token, kid = entry[:TOKEN_SIZE], entry[TOKEN_SIZE : TOKEN_SIZE + KID_SIZE]
+    wrapped = entry[TOKEN_SIZE + KID_SIZE + 32 :]
+    key = unwrap_patient_key(epoch, token, kid, wrapped)
+    if key is None and wrapped != SHREDDED:
+        raise InputError(str(sealed.path), f"key entry {index} does not open under the epoch key")
+    return KeyEntry(token, kid, AESGCM(key) if key else None)
 
 
 def open_frame(

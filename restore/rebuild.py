@@ -97,6 +97,7 @@ def rebuild(
                     on_progress(done, total)
             report.erased = replay.stats.erased
             report.shredded_frames = replay.stats.shredded_frames
+            replay.finish()  # every payload hash matched: only now is the rebuild published
         db.set_meta(
             {
                 **(meta or {}),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +27,17 @@ import zstandard
 from hakobune.errors import InputError
 from hakobune.keys import RecipientPrivateKey, VerifyKey
 from hakobune.sealed import (
+    TOKEN_SIZE,
     ZERO_HASH,
+    Epoch,
     KeyEntry,
     SealedFile,
+    check_payload,
     open_changeset,
     open_epoch,
     open_frame,
-    read_key_table,
+    open_key_entry,
+    read_key_entries,
     verify,
 )
 
@@ -129,14 +134,22 @@ def _apply(records: dict[RecordId, bytes], lines: list[bytes], where: str) -> No
 
 @dataclass(repr=False)
 class _Located:
-    """One verified changeset: its opened key table and where each patient's frames lie."""
+    """One checked changeset: its epoch key, raw key entries by token (opened when first needed) and
+    where each patient's frames lie."""
 
     sealed: SealedFile
     fd: int
-    table: list[KeyEntry]
+    epoch: Epoch
+    #: token -> (key-table index, raw entry)
+    entries: dict[bytes, tuple[int, bytes]]
     #: token -> [(frame number, offset of the frame body, body length)]
     frames: dict[bytes, list[tuple[int, int, int]]]
     tombstones: frozenset[bytes]
+    payload: Future[None]
+
+    def key(self, token: bytes) -> KeyEntry:
+        index, raw = self.entries[token]
+        return open_key_entry(self.epoch, self.sealed, index, raw)
 
 
 @dataclass(frozen=True)
@@ -163,9 +176,11 @@ class PatientReplayStats:
 class PatientReplay:
     """Replay ``sealed`` (a chain from :func:`restore.chain.plan_chain`: baseline first) patient by patient.
 
-    Construction verifies every changeset in full (signature, hospital, chain, key table, payload hash)
-    and opens its key table with ``private``; :meth:`patients` then yields each patient's final records.
-    Use as a context manager (it holds the files open)."""
+    Construction checks every changeset (signature, hospital, chain, key table, the framing and count of
+    its frames) and opens its epoch key with ``private``; :meth:`patients` then yields each patient's
+    final records, every frame authenticated as it is opened.  The payload hashes, which also vouch for
+    frames never opened, are checked meanwhile in a background thread: call :meth:`finish` before
+    trusting the whole (it raises if any failed).  Use as a context manager (it holds the files open)."""
 
     def __init__(
         self, sealed: list[SealedFile], private: RecipientPrivateKey, signer: VerifyKey, *, hospital: str
@@ -175,6 +190,7 @@ class PatientReplay:
         self.stats = PatientReplayStats()
         self._chain: list[_Located] = []
         self._order: dict[bytes, None] = {}
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="payload-hash")
         try:
             prev: SealedFile | None = None
             for s in sealed:
@@ -196,7 +212,7 @@ class PatientReplay:
     ) -> _Located:
         frames: dict[bytes, list[tuple[int, int, int]]] = {}
         spots: list[tuple[int, int, int, int]] = []
-        sealed = verify(path, signer, hospital=hospital, on_frame=lambda *a: spots.append(a))
+        sealed = verify(path, signer, hospital=hospital, on_frame=lambda *a: spots.append(a), payload=False)
         header = sealed.header
         if prev is not None and (header.sequence != prev.header.sequence + 1 or header.prev != prev.hash):
             raise InputError(str(path), f"does not follow sequence {prev.header.sequence} in the chain")
@@ -204,29 +220,29 @@ class PatientReplay:
         fd = os.open(path, os.O_RDONLY)
         try:
             with os.fdopen(os.dup(fd), "rb") as f:
-                table = read_key_table(f, sealed, epoch)
+                raw = read_key_entries(f, sealed)
         except BaseException:
             os.close(fd)
             raise
+        entries = {e[:TOKEN_SIZE]: (i, e) for i, e in enumerate(raw)}
         for number, index, offset, length in spots:
-            token = table[index].token
-            frames.setdefault(token, []).append((number, offset, length))
-        for entry in table:
-            self._order.setdefault(entry.token, None)
+            frames.setdefault(raw[index][:TOKEN_SIZE], []).append((number, offset, length))
+        for token in entries:
+            self._order.setdefault(token, None)
         self.stats.bytes += sealed.size
         tombstones = frozenset(bytes.fromhex(t) for t in header.tombstones)
-        return _Located(sealed, fd, table, frames, tombstones)
+        payload = self._hasher.submit(check_payload, sealed)
+        return _Located(sealed, fd, epoch, entries, frames, tombstones, payload)
 
     def patients(self) -> Iterator[RestoredPatient]:
         """Each patient with records left, in the order the chain first names them."""
         dctx = zstandard.ZstdDecompressor()
-        index: list[dict[bytes, KeyEntry]] = [{e.token: e for e in c.table} for c in self._chain]
         for token in self._order:
             records: dict[RecordId, bytes] = {}
-            for c, entries in zip(self._chain, index, strict=True):
+            for c in self._chain:
                 spots = c.frames.get(token)
                 if spots:
-                    entry = entries[token]
+                    entry = c.key(token)
                     if entry.aead is None:
                         self.stats.shredded_frames += len(spots)
                     else:
@@ -246,7 +262,15 @@ class PatientReplay:
             self.stats.records += len(records)
             yield RestoredPatient(token, records)
 
+    def finish(self) -> None:
+        """Wait for the payload hashes; :class:`InputError` naming the changeset if one does not match."""
+        for c in self._chain:
+            c.payload.result()
+
     def close(self) -> None:
+        for c in self._chain:
+            c.payload.cancel()
+        self._hasher.shutdown(wait=True)
         for c in self._chain:
             os.close(c.fd)
         self._chain = []

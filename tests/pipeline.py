@@ -58,6 +58,7 @@ class Pipeline:
         with PatientReplay(plan.files, self.release, self.agent_key(), hospital=HOSPITAL) as rp:
             for patient in rp.patients():
                 state.update(patient.records)
+            rp.finish()
         return state
 
 

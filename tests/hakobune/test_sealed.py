@@ -32,6 +32,7 @@ from hakobune.sealed import (
     ChangesetWriter,
     Epoch,
     Incomplete,
+    check_payload,
     open_changeset,
     read_header,
     shred,
@@ -315,3 +316,22 @@ def test_key_files_are_private_and_checked(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"bad\.key"):
         load_recipient_private(bad)
     assert "fingerprint" in repr(key) and key.seed.hex() not in repr(key)
+
+
+def test_a_structure_only_check_defers_the_payload_hash_to_check_payload(
+    sealed_pair: tuple[World, Path],
+) -> None:
+    """What the restore replay relies on: ``verify(payload=False)`` still checks signature, key table and
+    framing, and :func:`check_payload` catches a body byte it skipped."""
+    world, path = sealed_pair
+    header = read_header(path).header
+    _flip(path, header.payload_offset + 30)
+    sealed = verify(path, world.signer.public, hospital=HOSPITAL, payload=False)
+    with pytest.raises(InputError, match="payload does not match") as e:
+        check_payload(sealed)
+    assert str(path) in str(e.value)
+    _flip(path, header.payload_offset + 30)
+    check_payload(verify(path, world.signer.public, payload=False))
+    _flip(path, header.payload_offset + 2)  # a frame length: framing is still checked
+    with pytest.raises(InputError, match="frame"):
+        verify(path, world.signer.public, payload=False)

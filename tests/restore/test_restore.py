@@ -374,3 +374,50 @@ def test_cli_unlock_with_typed_words(world: World, tmp_path: Path) -> None:
     wrong[6] = "zzzz"
     res = runner.invoke(app, args, input=" ".join(wrong) + "\n")
     assert res.exit_code != 0 and "word 7" in str(res.exception)
+
+
+def test_a_tampered_frame_that_is_never_opened_still_fails_before_publishing(
+    world: World, tmp_path: Path
+) -> None:
+    """A shredded patient's frames are never decrypted, so only the payload hash (checked in the
+    background while patients are rebuilt) can vouch for them: the rebuild must still refuse."""
+    from hakobune.keys import write_key
+    from hakobune.sealed import ENTRY_SIZE, SHREDDED, read_header, verify
+
+    store = world.local.center.layout.store(HOSPITAL, "clinical")
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    baseline = sorted(copy.glob("*.hkcs"))[0]
+    signer = load_signing_key(world.local.agent.signing_key).public
+    header = read_header(baseline).header
+    data = baseline.read_bytes()
+    shredded = {
+        i
+        for i in range(header.key_count)
+        if data[header.keys_offset + i * ENTRY_SIZE + 64 : header.keys_offset + (i + 1) * ENTRY_SIZE]
+        == SHREDDED
+    }
+    assert shredded, "the late opt-out's keys are shredded at the center"
+    spots: list[tuple[int, int, int, int]] = []
+    verify(baseline, signer, on_frame=lambda *a: spots.append(a))
+    offset = next(off for _, index, off, _ in spots if index in shredded)
+    tampered = bytearray(data)
+    tampered[offset + 20] ^= 1
+    baseline.write_bytes(bytes(tampered))
+    agent_pub = tmp_path / "agent.pub"
+    write_key(agent_pub, signer)
+    shares = gather_shares([world.share("director")], PASSPHRASES, HOSPITAL, interactive=False)
+    with pytest.raises(InputError, match="payload does not match"):
+        run_unlock(
+            order=world.order(("director",)),
+            policy=world.policy,
+            shares=shares,
+            hospital=HOSPITAL,
+            out=tmp_path / "r",
+            audit=world.root / "audit",
+            actor="test",
+            store=copy,
+            agent_key=agent_pub,
+            show_progress=False,
+        )
+    assert not (tmp_path / "r" / "restore.db").exists()
