@@ -25,8 +25,10 @@ from typing import Any, BinaryIO
 
 from hakobune.errors import InputError
 from hakobune.parallel import resolve_workers
+from hakobune.records import decode
 from restore.database import PatientRow
 from restore.fhir import ExportWindow, dumps, patient_bundle
+from restore.fhir.bundle import in_window
 
 #: Patient IDs become file names: only these characters are allowed (SS-MIX2 IDs are alphanumeric).
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -43,9 +45,10 @@ class _Settings:
 
 def _build(settings: _Settings, row: PatientRow) -> tuple[bytes, int]:
     """One patient's bundle, serialized, and its number of entries (runs in a worker process)."""
+    needed = in_window(row.encoded, as_of=settings.as_of, window=settings.window)
     bundle = patient_bundle(
         row.patient,
-        row.records,
+        [decode(e) for e in needed],
         hospital=settings.hospital,
         hospital_name=settings.hospital_name,
         as_of=settings.as_of,

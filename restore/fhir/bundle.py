@@ -150,6 +150,31 @@ def _day(*texts: str) -> str:
     return ""
 
 
+_LAB_ENCODING = b'{"kind":"lab"'
+_ENCODED_CARE_DATE = re.compile(rb'"care_date":"([0-9]*)"')
+_ENCODED_OBSERVED = re.compile(rb'"observed_at":"([^"\\]*)"')
+
+
+def in_window(encoded: Iterable[bytes], *, as_of: date, window: ExportWindow) -> list[bytes]:
+    """The record encodings (:func:`hakobune.records.encode`) a bundle can use: lab results outside the
+    lab window are dropped before anyone pays for decoding them.  The day rule is the builder's
+    (observation time, else care date), so the bundle is the same with or without this step."""
+    cut, end = _months_before(as_of, window.months_labs), as_of.isoformat()
+    out: list[bytes] = []
+    for e in encoded:
+        if e.startswith(_LAB_ENCODING):
+            observed = _ENCODED_OBSERVED.search(e)
+            day = _day(observed.group(1).decode()) if observed else ""
+            if not day:
+                care = _ENCODED_CARE_DATE.search(e)
+                d = care.group(1).decode() if care else ""
+                day = f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 else ""
+            if not day or day > end or day < cut:
+                continue
+        out.append(e)
+    return out
+
+
 def _care_day(key: RecordKey) -> str:
     d = key.care_date
     return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else ""

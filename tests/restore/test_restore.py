@@ -421,3 +421,27 @@ def test_a_tampered_frame_that_is_never_opened_still_fails_before_publishing(
             show_progress=False,
         )
     assert not (tmp_path / "r" / "restore.db").exists()
+
+
+def test_dropping_out_of_window_labs_before_decoding_changes_no_bundle(world: World, tmp_path: Path) -> None:
+    from datetime import date
+
+    from restore.fhir import ExportWindow, patient_bundle
+    from restore.fhir.bundle import in_window
+
+    generated = datetime.now(UTC)
+    with RestoreDB.open(_full_restore(world, tmp_path)) as db:
+        rows = list(db.patients())
+    dropped = 0
+    for window in (ExportWindow(), ExportWindow(months_labs=1), ExportWindow(months_labs=0)):
+        for as_of in (date(2025, 4, 3), date(2025, 4, 6)):
+            for row in rows:
+                kept = in_window(row.encoded, as_of=as_of, window=window)
+                dropped += len(row.encoded) - len(kept)
+                from hakobune.records import decode
+
+                common = {"hospital": HOSPITAL, "as_of": as_of, "window": window, "generated_at": generated}
+                assert patient_bundle(row.patient, [decode(e) for e in kept], **common) == patient_bundle(
+                    row.patient, row.records, **common
+                )
+    assert dropped > 0
