@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import shutil
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -21,13 +21,17 @@ from center.catalog import Catalog
 from center.ingest import ingest_all
 from hakobune.audit import verify_log
 from hakobune.cli import app
-from hakobune.custody import CustodyError, ceremony, parse_group_spec
+from hakobune.custody import CustodyError, ceremony, load_policy, parse_group_spec, read_word_sheet
 from hakobune.errors import HakobuneError, InputError
-from hakobune.keys import RecipientPrivateKey, load_signing_key
+from hakobune.keys import RecipientPrivateKey, load_signing_key, write_key
 from hakobune.provision import LocalWorld, provision_local
+from hakobune.records import decode, encode
+from hakobune.sealed import ENTRY_SIZE, SHREDDED, read_header, verify
 from hakobune.synth import CONSENT_FILE, SSMIX2_DIR, generate
 from restore.commands.restore import gather_shares, run_export, run_unlock
 from restore.database import RestoreDB
+from restore.fhir import ExportWindow, patient_bundle
+from restore.fhir.bundle import in_window
 from restore.orders import approve, create_order, write_order
 from tests.pipeline import decoded, expected_state
 
@@ -69,8 +73,6 @@ class World:
         hours: float = 72,
         hospital_policy: Path | None = None,
     ) -> Path:
-        from hakobune.custody import load_policy
-
         policy = load_policy(hospital_policy or self.policy)
         now = datetime.now(UTC)
         of = create_order(
@@ -94,12 +96,15 @@ class World:
             report = ingest_all(self.local.center, catalog)
         assert not report.rejected
 
-    def unlock(self, order: Path, custodians: tuple[str, ...], out: Path, **kw: object) -> dict[str, object]:
-        shares = gather_shares([self.share(c) for c in custodians], PASSPHRASES, HOSPITAL, interactive=False)
+    def unlock(
+        self, order: Path, shares: tuple[str | Path, ...], out: Path, **kw: object
+    ) -> dict[str, object]:
+        """Unlock with ``shares``: custodian ids (their ``.share`` files) or share files / word sheets."""
+        paths = [s if isinstance(s, Path) else self.share(s) for s in shares]
         return run_unlock(
             order=order,
             policy=self.policy,
-            shares=shares,
+            shares=gather_shares(paths, PASSPHRASES, HOSPITAL, interactive=False),
             hospital=HOSPITAL,
             out=out,
             audit=self.root / "audit",
@@ -123,8 +128,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     with open(root / "hospital" / CONSENT_FILE, encoding="utf-8") as f:
         opted = {r["patient_id"] for r in csv.DictReader(f) if r["scope"] == "all"}
     cer = _ceremony(root / "ceremony")
-    from hakobune.custody import load_policy
-
     local = provision_local(
         hospital=HOSPITAL,
         ssmix2=ssmix2,
@@ -162,8 +165,6 @@ def test_two_of_three_custodians_unlock_and_the_restore_equals_the_hospital(
         got = {}
         for row in db.patients():
             for r in row.records:
-                from hakobune.records import encode
-
                 k = r.key
                 got[(k.patient_id, k.care_date, k.data_type, k.order_no, k.item)] = orjson.loads(encode(r))
         ids = {row.patient_id for row in db.patients()}
@@ -185,19 +186,7 @@ def test_two_of_three_custodians_unlock_and_the_restore_equals_the_hospital(
 
 
 def test_the_director_alone_unlocks_with_the_word_sheet(world: World, tmp_path: Path) -> None:
-    order = world.order(("director",))
-    shares = gather_shares([world.sheet("director")], {}, HOSPITAL, interactive=False)
-    doc = run_unlock(
-        order=order,
-        policy=world.policy,
-        shares=shares,
-        hospital=HOSPITAL,
-        out=tmp_path / "restore",
-        audit=world.root / "audit",
-        actor="test",
-        center=world.local.center.layout.home,
-        show_progress=False,
-    )
+    doc = world.unlock(world.order(("director",)), (world.sheet("director"),), tmp_path / "restore")
     assert doc["replay"]["patients"] > 0  # type: ignore[index]
 
 
@@ -242,21 +231,8 @@ def test_unlock_refuses_an_expired_order(world: World, tmp_path: Path) -> None:
 def test_unlock_refuses_shares_of_another_ceremony(world: World, tmp_path: Path) -> None:
     other = _ceremony(tmp_path / "other")
     order = world.order(("director",))
-    shares = gather_shares(
-        [next((other / "shares").glob("*-director.share"))], PASSPHRASES, HOSPITAL, interactive=False
-    )
     with pytest.raises((CustodyError, InputError)):
-        run_unlock(
-            order=order,
-            policy=world.policy,
-            shares=shares,
-            hospital=HOSPITAL,
-            out=tmp_path / "r",
-            audit=world.root / "audit",
-            actor="test",
-            center=world.local.center.layout.home,
-            show_progress=False,
-        )
+        world.unlock(order, (next((other / "shares").glob("*-director.share")),), tmp_path / "r")
 
 
 def test_unlock_refuses_a_foreign_hospitals_order(world: World, tmp_path: Path) -> None:
@@ -269,32 +245,26 @@ def test_unlock_refuses_a_foreign_hospitals_order(world: World, tmp_path: Path) 
 def test_a_tampered_stored_changeset_fails_the_replay_and_leaves_no_database(
     world: World, tmp_path: Path
 ) -> None:
-    store = world.local.center.layout.store(HOSPITAL, "clinical")
-    copy = tmp_path / "store"
-    shutil.copytree(store, copy)
-    first = sorted(copy.glob("*.hkcs"))[0]  # the baseline: its last bytes are a frame
-    data = bytearray(first.read_bytes())
+    baseline = _store_copy(world, tmp_path)  # its last bytes are a frame
+    data = bytearray(baseline.read_bytes())
     data[-5] ^= 1
-    first.write_bytes(bytes(data))
-    agent_pub = tmp_path / "agent.pub"
-    from hakobune.keys import write_key
-
-    write_key(agent_pub, load_signing_key(world.local.agent.signing_key).public)
-    shares = gather_shares([world.share("director")], PASSPHRASES, HOSPITAL, interactive=False)
+    baseline.write_bytes(bytes(data))
     with pytest.raises(InputError, match=r"payload|frame"):
-        run_unlock(
-            order=world.order(("director",)),
-            policy=world.policy,
-            shares=shares,
-            hospital=HOSPITAL,
-            out=tmp_path / "r",
-            audit=world.root / "audit",
-            actor="test",
-            store=copy,
-            agent_key=agent_pub,
-            show_progress=False,
-        )
+        _unlock_store_copy(world, tmp_path)
     assert not (tmp_path / "r" / "restore.db").exists()
+
+
+def _store_copy(world: World, tmp_path: Path) -> Path:
+    """A copy of the hospital's stored changesets in ``tmp_path/store`` (a mirror); its baseline."""
+    shutil.copytree(world.local.center.layout.store(HOSPITAL, "clinical"), tmp_path / "store")
+    return sorted((tmp_path / "store").glob("*.hkcs"))[0]
+
+
+def _unlock_store_copy(world: World, tmp_path: Path) -> dict[str, object]:
+    """Unlock (the director alone) from the copy made by :func:`_store_copy` into ``tmp_path/r``."""
+    agent_pub = write_key(tmp_path / "agent.pub", load_signing_key(world.local.agent.signing_key).public)
+    order = world.order(("director",))
+    return world.unlock(order, ("director",), tmp_path / "r", store=tmp_path / "store", agent_key=agent_pub)
 
 
 def test_cli_search_show_and_export(world: World, tmp_path: Path) -> None:
@@ -360,8 +330,6 @@ def test_search_and_export_refuse_a_folder_without_a_restore(tmp_path: Path) -> 
 
 
 def test_cli_unlock_with_typed_words(world: World, tmp_path: Path) -> None:
-    from hakobune.custody import read_word_sheet
-
     order = world.order(("director",))
     words = read_word_sheet(world.sheet("director"))
     args = ["restore", "unlock", "--order", str(order), "--policy", str(world.policy), "--hospital", HOSPITAL]
@@ -381,13 +349,7 @@ def test_a_tampered_frame_that_is_never_opened_still_fails_before_publishing(
 ) -> None:
     """A shredded patient's frames are never decrypted, so only the payload hash (checked in the
     background while patients are rebuilt) can vouch for them: the rebuild must still refuse."""
-    from hakobune.keys import write_key
-    from hakobune.sealed import ENTRY_SIZE, SHREDDED, read_header, verify
-
-    store = world.local.center.layout.store(HOSPITAL, "clinical")
-    copy = tmp_path / "store"
-    shutil.copytree(store, copy)
-    baseline = sorted(copy.glob("*.hkcs"))[0]
+    baseline = _store_copy(world, tmp_path)
     signer = load_signing_key(world.local.agent.signing_key).public
     header = read_header(baseline).header
     data = baseline.read_bytes()
@@ -404,31 +366,12 @@ def test_a_tampered_frame_that_is_never_opened_still_fails_before_publishing(
     tampered = bytearray(data)
     tampered[offset + 20] ^= 1
     baseline.write_bytes(bytes(tampered))
-    agent_pub = tmp_path / "agent.pub"
-    write_key(agent_pub, signer)
-    shares = gather_shares([world.share("director")], PASSPHRASES, HOSPITAL, interactive=False)
     with pytest.raises(InputError, match="payload does not match"):
-        run_unlock(
-            order=world.order(("director",)),
-            policy=world.policy,
-            shares=shares,
-            hospital=HOSPITAL,
-            out=tmp_path / "r",
-            audit=world.root / "audit",
-            actor="test",
-            store=copy,
-            agent_key=agent_pub,
-            show_progress=False,
-        )
+        _unlock_store_copy(world, tmp_path)
     assert not (tmp_path / "r" / "restore.db").exists()
 
 
 def test_dropping_out_of_window_labs_before_decoding_changes_no_bundle(world: World, tmp_path: Path) -> None:
-    from datetime import date
-
-    from restore.fhir import ExportWindow, patient_bundle
-    from restore.fhir.bundle import in_window
-
     generated = datetime.now(UTC)
     with RestoreDB.open(_full_restore(world, tmp_path)) as db:
         rows = list(db.patients())
@@ -438,8 +381,6 @@ def test_dropping_out_of_window_labs_before_decoding_changes_no_bundle(world: Wo
             for row in rows:
                 kept = in_window(row.encoded, as_of=as_of, window=window)
                 dropped += len(row.encoded) - len(kept)
-                from hakobune.records import decode
-
                 common = {"hospital": HOSPITAL, "as_of": as_of, "window": window, "generated_at": generated}
                 assert patient_bundle(row.patient, [decode(e) for e in kept], **common) == patient_bundle(
                     row.patient, row.records, **common
