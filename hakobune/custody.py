@@ -401,29 +401,37 @@ def check_groups(groups: Sequence[GroupSpec], group_threshold: int) -> None:
         raise ConfigError(f"two custodians have the id {dup[0]}; name them apart or give ids as id=name")
 
 
-def read_passphrase_file(path: Path, groups: Sequence[GroupSpec]) -> dict[str, str]:
-    """``member=passphrase`` lines (member by id or name; ``#`` comments) → passphrase per custodian id.
-    The file must be private (mode 0600)."""
+def read_passphrase_lines(path: Path) -> list[tuple[int, str, str]]:
+    """``(line number, who, passphrase)`` of each ``who=passphrase`` line (``#`` comments and blank lines
+    skipped; ``who`` NFKC-normalized) of a passphrase file, which must be private (mode 0600)."""
     try:
         st = path.stat()
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(str(path), f"cannot read passphrase file ({e.strerror})") from None
     check_private_mode(path, st.st_mode & 0o777)
-    by_name = {m.name: m.id for g in groups for m in g.members}
-    ids = {m.id for g in groups for m in g.members}
-    out: dict[str, str] = {}
+    out: list[tuple[int, str, str]] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         who, sep, passphrase = line.partition("=")
-        who = unicodedata.normalize("NFKC", who.strip())
         if not sep:
             raise InputError(f"{path}:{lineno}", "expected member=passphrase")
+        out.append((lineno, unicodedata.normalize("NFKC", who.strip()), passphrase.strip()))
+    return out
+
+
+def read_passphrase_file(path: Path, groups: Sequence[GroupSpec]) -> dict[str, str]:
+    """``member=passphrase`` lines (member by id or name; ``#`` comments) → passphrase per custodian id.
+    The file must be private (mode 0600)."""
+    by_name = {m.name: m.id for g in groups for m in g.members}
+    ids = {m.id for g in groups for m in g.members}
+    out: dict[str, str] = {}
+    for lineno, who, passphrase in read_passphrase_lines(path):
         mid = who if who in ids else by_name.get(who) or (slug(who) if slug(who) in ids else None)
         if mid is None:
             raise InputError(f"{path}:{lineno}", f"no custodian {who!r} in the groups")
-        out[mid] = passphrase.strip()
+        out[mid] = passphrase
     missing = [m.id for g in groups for m in g.members if m.id not in out]
     if missing:
         raise InputError(str(path), f"no passphrase for {', '.join(missing)}")

@@ -10,7 +10,6 @@ counts and tokens, never names or IDs.
 from __future__ import annotations
 
 import getpass
-import os
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -21,7 +20,7 @@ from rich.table import Table
 
 from hakobune.audit import AuditLog
 from hakobune.console import console, err_console, print_json, progress
-from hakobune.custody import ShareInput, load_share, parse_mnemonic, share_file_header
+from hakobune.custody import ShareInput, load_share, parse_mnemonic, read_passphrase_lines, share_file_header
 from hakobune.errors import ConfigError, HakobuneError, InputError
 from hakobune.keys import VerifyKey, load_verify_key
 from restore.chain import plan_chain
@@ -58,24 +57,8 @@ def _actor_opt() -> Any:
 
 
 def read_passphrases(path: Path | None) -> dict[str, str]:
-    """``custodian-id=passphrase`` lines from a private file (0600)."""
-    if path is None:
-        return {}
-    try:
-        if os.stat(path).st_mode & 0o077:
-            raise InputError(str(path), "passphrase file must be readable by its owner only (chmod 600)")
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(str(path), f"cannot read passphrase file ({e.strerror})") from None
-    out: dict[str, str] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        who, sep, passphrase = line.partition("=")
-        if not sep:
-            raise InputError(f"{path}:{lineno}", "expected custodian-id=passphrase")
-        out[who.strip()] = passphrase.strip()
-    return out
+    """``custodian-id=passphrase`` lines from a private file (0600); none without a file."""
+    return {} if path is None else {who: p for _, who, p in read_passphrase_lines(path)}
 
 
 def gather_shares(

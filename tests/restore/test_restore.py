@@ -28,7 +28,7 @@ from hakobune.provision import LocalWorld, provision_local
 from hakobune.records import decode, encode
 from hakobune.sealed import ENTRY_SIZE, SHREDDED, read_header, verify
 from hakobune.synth import CONSENT_FILE, SSMIX2_DIR, generate
-from restore.commands.restore import gather_shares, run_export, run_unlock
+from restore.commands.restore import gather_shares, read_passphrases, run_export, run_unlock
 from restore.database import RestoreDB
 from restore.fhir import ExportWindow, patient_bundle
 from restore.fhir.bundle import in_window
@@ -386,3 +386,16 @@ def test_dropping_out_of_window_labs_before_decoding_changes_no_bundle(world: Wo
                     row.patient, row.records, **common
                 )
     assert dropped > 0
+
+
+def test_the_passphrase_file_must_be_private_and_well_formed(tmp_path: Path) -> None:
+    path = tmp_path / "passphrases"
+    path.write_text("# the drill's custodians\ndeputy=deputy-pass\n\n", encoding="utf-8")
+    path.chmod(0o644)
+    with pytest.raises(InputError, match="readable by others"):
+        read_passphrases(path)
+    path.chmod(0o600)
+    assert read_passphrases(path) == {"deputy": "deputy-pass"}
+    path.write_text("deputy deputy-pass\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"passphrases:1: expected member=passphrase"):
+        read_passphrases(path)
