@@ -46,27 +46,17 @@ RecordId = tuple[str, str, str, str, str]
 
 @dataclass
 class ReplayState:
-    records: dict[RecordId, bytes] = field(default_factory=dict)
-    by_token: dict[bytes, set[RecordId]] = field(default_factory=dict)
+    #: Each patient's current records, by token.
+    by_token: dict[bytes, dict[RecordId, bytes]] = field(default_factory=dict)
     sequence: int = 0
     head: str = ZERO_HASH
     changesets: int = 0
     shredded_frames: int = 0
 
-    def put(self, token: bytes, encoded: bytes) -> None:
-        doc = orjson.loads(encoded)
-        k = doc["r"]["key"]
-        rid: RecordId = (k["patient_id"], k["care_date"], k["data_type"], k["order_no"], k["item"])
-        self.records[rid] = encoded
-        self.by_token.setdefault(token, set()).add(rid)
-
-    def delete(self, token: bytes, rid: RecordId) -> None:
-        self.records.pop(rid, None)
-        self.by_token.get(token, set()).discard(rid)
-
-    def erase(self, token: bytes) -> None:
-        for rid in self.by_token.pop(token, set()):
-            self.records.pop(rid, None)
+    @property
+    def records(self) -> dict[RecordId, bytes]:
+        """Every current record of every patient."""
+        return {rid: e for patient in self.by_token.values() for rid, e in patient.items()}
 
 
 def replay(
@@ -87,19 +77,11 @@ def replay(
                 str(path), f"does not follow sequence {state.sequence} in the chain (got {header.sequence})"
             )
         if header.kind == "baseline":
-            state.records.clear()
             state.by_token.clear()
         for frame in frames:
-            for line in frame.ops:
-                if line.startswith(b'{"put":'):
-                    state.put(frame.token, line[7:].rstrip()[:-1])
-                elif line.startswith(b'{"del":'):
-                    pid, date, dtype, order, item = orjson.loads(line[7:].rstrip()[:-1])
-                    state.delete(frame.token, (pid, date, dtype, order, item))
-                else:
-                    raise InputError(str(path), "unknown operation in a frame")
+            _apply(state.by_token.setdefault(frame.token, {}), frame.ops, str(path))
         for token in header.tombstones:
-            state.erase(bytes.fromhex(token))
+            state.by_token.pop(bytes.fromhex(token), None)
         state.sequence, state.head = header.sequence, header.hash
         state.changesets += 1
         state.shredded_frames += stats.shredded_frames
