@@ -16,6 +16,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from hakobune.errors import HakobuneError
 
 if TYPE_CHECKING:
@@ -101,7 +103,7 @@ def stage_release(world: DrillWorld) -> dict[str, Any]:
     approved by two custodians."""
     from hakobune.custody import load_policy
     from hakobune.keys import RecipientPrivateKey, load_recipient_private, load_signing_key, write_key
-    from restore.orders import approve, check_approvals, create_order, write_order
+    from restore.orders import approve, check_approvals, create_order, load_order, write_order
 
     world.facts["declared"] = time.perf_counter()
     world.facts["declared_at"] = now = datetime.now(UTC)
@@ -129,8 +131,6 @@ def stage_release(world: DrillWorld) -> dict[str, Any]:
         key = load_signing_key(ceremony_dir(world) / "custodians" / f"{custodian}.key")
         approve(path, policy, key, custodian=custodian, now=now)
         _audit(world, "order.approve", {"order": order.order.id, "custodian": custodian})
-    from restore.orders import load_order
-
     approved = check_approvals(load_order(path), policy)
     if not approved.satisfied:
         raise HakobuneError(f"release order {order.order.id} is not approved")
@@ -292,8 +292,6 @@ def stage_export(world: DrillWorld) -> dict[str, Any]:
     except PackagesNotFound as e:
         figures["conformance"] = f"not checked: {e}"
         return figures
-    import orjson
-
     files = sorted((out / FHIR_DIR).glob("*.json"))
     step = max(1, len(files) // 100)
     checked, problems = 0, 0

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import zstandard
 
+from hakobune.durable import fsync_dir
 from hakobune.errors import InputError
 from hakobune.records import Patient, Record, RecordKey, decode
 from hakobune.sqlite import create_private_file
@@ -161,11 +162,7 @@ class RestoreDB:
         with open(self.path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(self.path, self._final)
-        fd = os.open(self._final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self._final.parent)
         self.path = self._final
 
     def discard(self) -> None:

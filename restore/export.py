@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from hakobune.durable import fsync_dir
 from hakobune.errors import InputError
 from hakobune.parallel import resolve_workers
 from hakobune.records import decode
@@ -163,11 +164,7 @@ class BundleExporter:
             os.replace(self._ndjson.name, self._ndjson_path)
             self._ndjson = None
         if self.folder is not None:
-            fd = os.open(self.folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.folder)
         r = self.report
         if r.bundles and r.last_bundle_seconds and r.first_bundle_seconds is not None:
             span = r.last_bundle_seconds - r.first_bundle_seconds

@@ -7,10 +7,11 @@ hospital's last synced SS-MIX2 state minus opted-out patients (the property the 
 
 Two forms apply the same rules.  :func:`replay` goes changeset by changeset and holds the whole state in
 memory: the reference, for tests and small checks.  :class:`PatientReplay` goes *patient by patient*: it
-verifies every changeset once, noting where each patient's frames lie, then rebuilds one patient at a time
-from their frames across the whole chain.  Memory holds one patient's records plus a small index entry
-per patient, the first patient is ready as soon as the index is, and each patient can go on to search and
-export at once: this is what the restore database and the disaster-day export use.
+checks each changeset's structure once, noting where each patient's frames lie, then rebuilds one patient
+at a time from their frames across the whole chain (payload hashes are checked alongside).  Memory holds
+one patient's records plus a small index entry per patient, the first patient is ready as soon as the
+index is, and each patient can go on to search and export at once: this is what the restore database and
+the disaster-day export use.
 """
 
 from __future__ import annotations
