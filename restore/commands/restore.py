@@ -19,6 +19,7 @@ import typer
 from rich.table import Table
 
 from hakobune.audit import AuditLog
+from hakobune.audit import record as audit_record
 from hakobune.console import console, err_console, print_json, progress
 from hakobune.custody import ShareInput, load_share, parse_mnemonic, read_passphrase_lines, share_file_header
 from hakobune.errors import ConfigError, HakobuneError, InputError
@@ -322,19 +323,19 @@ def search(
         with PatientIndex.open(db.path) as index:
             found = index.search(Query(name=name, birth_date=birth, sex=sex, address=address), limit=limit)
         rows = [(c, db.get(c.patient_id)) for c in found]
-    with AuditLog.open(audit) as log:
-        log.append(
-            "search",
-            actor=actor,
-            hospital=str(meta.get("hospital", "")),
-            details={
-                "order": str(meta.get("order", "")),
-                "fields": [
-                    f for f, v in (("name", name), ("birth", birth), ("sex", sex), ("address", address)) if v
-                ],
-                "candidates": len(found),
-            },
-        )
+    audit_record(
+        audit,
+        "search",
+        actor=actor,
+        hospital=str(meta.get("hospital", "")),
+        details={
+            "order": str(meta.get("order", "")),
+            "fields": [
+                f for f, v in (("name", name), ("birth", birth), ("sex", sex), ("address", address)) if v
+            ],
+            "candidates": len(found),
+        },
+    )
     if json:
         print_json(
             [
@@ -399,18 +400,18 @@ def run_export(
         if patients is not None and exporter.report.bundles < len(patients):
             missing = len(patients) - exporter.report.bundles
             exporter.report.skipped.append(f"{missing} requested patient(s) not in this restore")
-    with AuditLog.open(audit) as log:
-        log.append(
-            "export",
-            actor=actor,
-            hospital=hospital,
-            details={
-                "order": str(meta.get("order", "")),
-                "bundles": exporter.report.bundles,
-                "ndjson": ndjson is not None,
-                "requested": "all" if patients is None else len(patients),
-            },
-        )
+    audit_record(
+        audit,
+        "export",
+        actor=actor,
+        hospital=hospital,
+        details={
+            "order": str(meta.get("order", "")),
+            "bundles": exporter.report.bundles,
+            "ndjson": ndjson is not None,
+            "requested": "all" if patients is None else len(patients),
+        },
+    )
     return exporter.report
 
 
