@@ -94,13 +94,13 @@ def _record_id(encoded: bytes) -> RecordId:
     values are SS-MIX2 file-name fields and item numbers, which hold no braces); the whole record only if
     that fails."""
     start = encoded.find(b'"key":{')
-    end = encoded.find(b"}", start)
     try:
-        k = orjson.loads(encoded[start + 6 : end + 1]) if start > 0 else orjson.loads(encoded)["r"]["key"]
-        return (k["patient_id"], k["care_date"], k["data_type"], k["order_no"], k["item"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        k = orjson.loads(encoded[start + 6 : encoded.find(b"}", start) + 1]) if start > 0 else None
+    except orjson.JSONDecodeError:
+        k = None
+    if not isinstance(k, dict) or len(k) != 5:
         k = orjson.loads(encoded)["r"]["key"]
-        return (k["patient_id"], k["care_date"], k["data_type"], k["order_no"], k["item"])
+    return (k["patient_id"], k["care_date"], k["data_type"], k["order_no"], k["item"])
 
 
 def _apply(records: dict[RecordId, bytes], lines: list[bytes], where: str) -> None:
