@@ -14,6 +14,8 @@ from hakobune.commands.drill import drill
 from hakobune.commands.keys import app as keys_app
 from hakobune.commands.synth import synth
 from hakobune.errors import HakobuneError
+from media.cli import app as media_app
+from research.cli import app as research_app
 from restore.commands.release import app as release_app
 from restore.commands.restore import app as restore_app
 
@@ -34,6 +36,14 @@ app.add_typer(
     restore_app,
     name="restore",
     help="Disaster base: unlock a released hospital, search patients, export FHIR.",
+)
+app.add_typer(
+    media_app, name="media", help="Helicopter disks: write, verify and open encrypted portable media."
+)
+app.add_typer(
+    research_app,
+    name="research",
+    help="Analysis center: de-identified database, studies, disclosure-controlled analyses.",
 )
 app.add_typer(audit_app, name="audit", help="Audit log: verify, show, sign heads, export FHIR AuditEvents.")
 app.command(name="drill")(drill)

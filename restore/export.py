@@ -16,6 +16,7 @@ import os
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -75,8 +76,9 @@ class ExportReport:
 
 
 class BundleExporter:
-    """Write each patient handed to :meth:`write` as a bundle file in ``folder`` and/or a line of
-    ``ndjson``.  Use as a context manager; :attr:`report` has the figures."""
+    """Write each patient handed to :meth:`write` as a bundle file in ``folder``, a line of ``ndjson``
+    and/or a call of ``sink(patient_id, bundle_bytes)`` (in patient order, e.g. an encrypted disk).  Use as
+    a context manager; :attr:`report` has the figures."""
 
     def __init__(
         self,
@@ -89,14 +91,16 @@ class BundleExporter:
         window: ExportWindow | None = None,
         started: float | None = None,
         workers: int = 0,
+        sink: Callable[[str, bytes], None] | None = None,
     ) -> None:
-        if folder is None and ndjson is None:
-            raise ValueError("nothing to write: give a folder, an NDJSON file or both")
+        if folder is None and ndjson is None and sink is None:
+            raise ValueError("nothing to write: give a folder, an NDJSON file or a sink")
         generated_at = datetime.now(UTC)
         self.settings = _Settings(
             hospital, hospital_name, as_of or generated_at.date(), window or ExportWindow(), generated_at
         )
         self.folder = folder
+        self.sink = sink
         self.report = ExportReport()
         self._t0 = started if started is not None else time.perf_counter()
         self._ndjson_path = ndjson
@@ -142,6 +146,8 @@ class BundleExporter:
             os.replace(tmp, path)
         if self._ndjson is not None:
             self._ndjson.write(data.replace(b"\n", b"") + b"\n")
+        if self.sink is not None:
+            self.sink(patient_id, data)
         self.report.bundles += 1
         self.report.bytes += len(data)
         self.report.resources += entries

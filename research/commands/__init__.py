@@ -1,0 +1,1 @@
+"""Command modules of the research role; each registers its commands on ``research.cli.app``."""

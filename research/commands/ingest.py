@@ -1,0 +1,3 @@
+"""``hakobune research`` commands (being built)."""
+
+from research.cli import app as app
