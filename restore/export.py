@@ -60,6 +60,17 @@ def _build(settings: _Settings, row: PatientRow) -> tuple[bytes, int]:
     return dumps(bundle), len(bundle.get("entry", ()))
 
 
+def _build_many(settings: _Settings, rows: list[PatientRow]) -> list[tuple[bytes, int]]:
+    """A batch of patients' bundles (one task for a worker process: a task per patient costs more in
+    pickling and queueing than building a small bundle does)."""
+    return [_build(settings, row) for row in rows]
+
+
+#: Patients per worker task.  The first tasks are small so that the first bundle is out at once; later
+#: ones amortise the cost of a task.
+_FIRST_BATCH, _MAX_BATCH = 1, 32
+
+
 @dataclass
 class ExportReport:
     bundles: int = 0
@@ -92,10 +103,11 @@ class BundleExporter:
         started: float | None = None,
         workers: int = 0,
         sink: Callable[[str, bytes], None] | None = None,
+        generated_at: datetime | None = None,
     ) -> None:
         if folder is None and ndjson is None and sink is None:
             raise ValueError("nothing to write: give a folder, an NDJSON file or a sink")
-        generated_at = datetime.now(UTC)
+        generated_at = generated_at or datetime.now(UTC)  # given: the same bytes as another export
         self.settings = _Settings(
             hospital, hospital_name, as_of or generated_at.date(), window or ExportWindow(), generated_at
         )
@@ -107,7 +119,9 @@ class BundleExporter:
         self._ndjson: BinaryIO | None = None
         self._workers = resolve_workers(workers)
         self._pool: ProcessPoolExecutor | None = None
-        self._window: deque[tuple[str, Future[tuple[bytes, int]]]] = deque()
+        self._window: deque[tuple[list[str], Future[list[tuple[bytes, int]]]]] = deque()
+        self._batch: list[PatientRow] = []
+        self._batch_size = _FIRST_BATCH
         try:
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -127,15 +141,26 @@ class BundleExporter:
         if self._workers <= 1:
             self._emit(row.patient_id, *_build(self.settings, row))
             return
+        self._batch.append(row)
+        if len(self._batch) >= self._batch_size:
+            self._submit()
+
+    def _submit(self) -> None:
+        if not self._batch:
+            return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self._workers)
-        self._window.append((row.patient_id, self._pool.submit(_build, self.settings, row)))
-        while len(self._window) > 4 * self._workers:
+        batch, self._batch = self._batch, []
+        self._batch_size = min(2 * self._batch_size, _MAX_BATCH)
+        future = self._pool.submit(_build_many, self.settings, batch)
+        self._window.append(([row.patient_id for row in batch], future))
+        while len(self._window) > 2 * self._workers:
             self._drain_one()
 
     def _drain_one(self) -> None:
-        patient_id, future = self._window.popleft()
-        self._emit(patient_id, *future.result())
+        patient_ids, future = self._window.popleft()
+        for patient_id, built in zip(patient_ids, future.result(), strict=True):
+            self._emit(patient_id, *built)
 
     def _emit(self, patient_id: str, data: bytes, entries: int) -> None:
         if self.folder is not None:
@@ -159,6 +184,7 @@ class BundleExporter:
     def close(self) -> None:
         """Finish every bundle in flight, then make the output durable."""
         try:
+            self._submit()
             while self._window:
                 self._drain_one()
         finally:
@@ -181,6 +207,7 @@ class BundleExporter:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._window.clear()
+        self._batch = []
 
     def abort(self) -> None:
         self._shutdown()
