@@ -6,6 +6,9 @@ One database, reached by URL: SQLite (``sqlite:///HOME/catalog.db``) is the embe
 The schema is owned by Alembic (``center/migrations``); :meth:`Catalog.open` upgrades the database to the
 newest revision every time it opens one, so there is no separate migration step.  See ``docs/catalog.md``.
 
+Beside it, two bookkeeping tables (``bookkeeping``: what a mirror center confirmed, the latest scrub of
+each hospital) feed ``center replicate`` and ``center status``.
+
 The :class:`~sqlalchemy.Table` objects below describe the schema *as the code reads it*; the migrations
 create it.  ``tests/center/test_catalog.py`` compares the two, so changing a table means adding a migration
 (``versions/000N_….py``) and changing the table here in the same commit.
@@ -150,6 +153,50 @@ class StreamStatus:
     rejections: int
     #: ``<file name>: <reason>`` of the newest of those rejections.
     last_error: str | None
+    #: Fingerprint of the mirror center the next three fields are about (None: never replicated).
+    mirror: str | None = None
+    #: The highest sequence the mirror confirmed with a signed receipt (everything up to it is there).
+    mirror_sequence: int | None = None
+    #: Sequences the mirror is behind (``last_sequence - mirror_sequence``); None without a mirror.
+    mirror_lag: int | None = None
+    #: When the last ``center verify`` checked this hospital, and the problems it left (None: never).
+    scrub_at: datetime | None = None
+    scrub_problems: int | None = None
+
+
+@dataclass(frozen=True)
+class MirrorAck:
+    """What one mirror center confirmed of a hospital's stream.  ``sequence`` is the highest sequence such
+    that the mirror returned a valid signed receipt for it and every earlier one (0: none yet);
+    ``header_hash`` is that changeset's hash.  ``sent`` is the highest sequence uploaded to the mirror."""
+
+    hospital: str
+    stream: str
+    #: Fingerprint of the mirror's receipt key: acknowledgements of another mirror never count.
+    mirror: str
+    sequence: int
+    header_hash: str
+    sent: int
+    updated_at: datetime
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ScrubRow:
+    """The latest ``center verify`` of one hospital: blobs and bytes checked, problems found, how many of
+    them were healed, and the first problem left (``<path>: <reason>``)."""
+
+    hospital: str
+    checked_at: datetime
+    blobs: int
+    bytes: int
+    problems: int
+    healed: int
+    summary: str | None = None
+
+    @property
+    def left(self) -> int:
+        return self.problems - self.healed
 
 
 class DuplicateChangeset(HakobuneError):
@@ -256,6 +303,49 @@ rejections_table = Table(
     Column("at", UTCDateTime, nullable=False),
     Index("ix_rejections_hospital_at", "hospital_id", "at"),
     Index("ix_rejections_at", "at"),
+)
+
+
+#: Bookkeeping beside the catalog proper (same database, same migrations): what a mirror center confirmed
+#: and the latest scrub of each hospital.  It can be rebuilt (``center replicate --recheck``, the next
+#: ``center verify``), so it is described by a MetaData of its own: what moving a catalog must carry stays
+#: ``metadata``.  Its foreign keys point at ``hospitals`` through the column object.
+bookkeeping = MetaData(naming_convention={"pk": "pk_%(table_name)s"})
+
+mirror_acks_table = Table(
+    "mirror_acks",
+    bookkeeping,
+    Column(
+        "hospital_id",
+        String(32),
+        ForeignKey(hospitals_table.c.id, name="fk_mirror_acks_hospital"),
+        primary_key=True,
+    ),
+    Column("stream", String(16), primary_key=True),
+    Column("mirror", String(32), primary_key=True),
+    Column("sequence", BigInteger, nullable=False),
+    Column("header_hash", String(64), nullable=False),
+    Column("sent", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_error", Text, nullable=True),
+    CheckConstraint("sequence >= 0 AND sent >= 0", name="ck_mirror_acks_sequence"),
+)
+
+scrubs_table = Table(
+    "scrubs",
+    bookkeeping,
+    Column(
+        "hospital_id",
+        String(32),
+        ForeignKey(hospitals_table.c.id, name="fk_scrubs_hospital"),
+        primary_key=True,
+    ),
+    Column("checked_at", UTCDateTime, nullable=False),
+    Column("blobs", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("problems", Integer, nullable=False),
+    Column("healed", Integer, nullable=False),
+    Column("summary", Text, nullable=True),
 )
 
 
@@ -657,11 +747,103 @@ class Catalog:
         with self._engine.connect() as conn:
             return set(conn.scalars(select(t.token).where(t.hospital_id == hospital)))
 
+    def tombstones_after(self, hospital: str, stream: str, sequence: int) -> set[str]:
+        """The tokens first carried by a changeset of ``stream`` after ``sequence``: exactly those ingest
+        shredded in the stored changeset ``sequence`` (a blob restored from a copy must lose them again)."""
+        t = tombstones_table.c
+        with self._engine.connect() as conn:
+            return set(
+                conn.scalars(
+                    select(t.token).where(
+                        t.hospital_id == hospital, t.stream == stream, t.sequence > sequence
+                    )
+                )
+            )
+
+    # --- the mirror's acknowledgements and the scrub results -----------------------------------------
+
+    def mirror_acks(self, mirror: str) -> dict[tuple[str, str], MirrorAck]:
+        """What ``mirror`` (its key's fingerprint) confirmed, by (hospital, stream)."""
+        m = mirror_acks_table.c
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(mirror_acks_table).where(m.mirror == mirror))
+            return {(x.hospital_id, x.stream): _mirror_ack(x) for x in rows}
+
+    def set_mirror_ack(self, ack: MirrorAck) -> None:
+        """Record (replace) what a mirror confirmed of a hospital's stream."""
+        check_hospital_id(ack.hospital)
+        check_stream(ack.stream)
+        if ack.sequence < 0 or ack.sent < 0:
+            raise InputError(f"{ack.hospital}/{ack.stream}", "mirror sequences must not be negative")
+        m = mirror_acks_table.c
+        values = {
+            "hospital_id": ack.hospital,
+            "stream": ack.stream,
+            "mirror": ack.mirror,
+            "sequence": ack.sequence,
+            "header_hash": ack.header_hash,
+            "sent": ack.sent,
+            "updated_at": to_utc(ack.updated_at),
+            "last_error": None if ack.last_error is None else " ".join(ack.last_error.split()),
+        }
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    delete(mirror_acks_table).where(
+                        m.hospital_id == ack.hospital, m.stream == ack.stream, m.mirror == ack.mirror
+                    )
+                )
+                conn.execute(insert(mirror_acks_table).values(**values))
+        except IntegrityError as e:
+            raise ConfigError(f"hospital {ack.hospital}: not enrolled") from e
+
+    def latest_mirror(self) -> str | None:
+        """The fingerprint of the mirror replicated to most recently, or None."""
+        m = mirror_acks_table.c
+        with self._engine.connect() as conn:
+            found = conn.execute(select(m.mirror).order_by(m.updated_at.desc()).limit(1)).scalar()
+            return None if found is None else str(found)
+
+    def record_scrub(self, row: ScrubRow) -> None:
+        """Record (replace) the latest scrub of a hospital."""
+        check_hospital_id(row.hospital)
+        values = {
+            "hospital_id": row.hospital,
+            "checked_at": to_utc(row.checked_at),
+            "blobs": row.blobs,
+            "bytes": row.bytes,
+            "problems": row.problems,
+            "healed": row.healed,
+            "summary": None if row.summary is None else " ".join(row.summary.split()),
+        }
+        try:
+            with self._write() as conn:
+                conn.execute(delete(scrubs_table).where(scrubs_table.c.hospital_id == row.hospital))
+                conn.execute(insert(scrubs_table).values(**values))
+        except IntegrityError as e:
+            raise ConfigError(f"hospital {row.hospital}: not enrolled") from e
+
+    def scrubs(self) -> dict[str, ScrubRow]:
+        """The latest scrub of every hospital that had one."""
+        with self._engine.connect() as conn:
+            return {
+                x.hospital_id: ScrubRow(
+                    x.hospital_id, x.checked_at, int(x.blobs), int(x.bytes), x.problems, x.healed, x.summary
+                )
+                for x in conn.execute(select(scrubs_table))
+            }
+
     # --- status ------------------------------------------------------------------------------------
 
-    def status(self, now: datetime | None = None, stale_hours: float = 26.0) -> list[StreamStatus]:
+    def status(
+        self, now: datetime | None = None, stale_hours: float = 26.0, *, mirror: str | None = None
+    ) -> list[StreamStatus]:
         """One entry per hospital and stream, by hospital id then stream: every hospital's ``clinical``
         stream, and ``research`` where it has changesets, waiting ones or recent rejections.
+
+        ``mirror`` (a mirror key's fingerprint; default: the mirror replicated to most recently) selects
+        whose acknowledgements give ``mirror_sequence`` and ``mirror_lag``; the latest scrub of the
+        hospital gives ``scrub_at`` and ``scrub_problems`` (problems it left unhealed).
 
         ``age_hours`` counts from the newest stored changeset's ``created_at``; a stream is ``stale`` when
         its hospital is active and it has no changeset, or the newest is older than ``stale_hours``.
@@ -703,6 +885,9 @@ class Catalog:
                 parsed = parse_changeset_name(x.name)
                 key = (x.hospital_id, parsed[0] if parsed else "clinical")
                 rejected.setdefault(key, []).append(f"{x.name}: {x.reason}")
+        mirror = mirror or self.latest_mirror()
+        acks = self.mirror_acks(mirror) if mirror else {}
+        scrubs = self.scrubs()
         keys = {(h, "clinical") for h in hospitals} | set(stored) | set(waiting) | set(rejected)
         keys = {k for k in keys if k[0] in hospitals}
         out = []
@@ -712,6 +897,9 @@ class Catalog:
             held = waiting.get((hospital, stream), [])
             errors = rejected.get((hospital, stream), [])
             age = None if last is None else (now - last.created_at).total_seconds() / 3600
+            ack = acks.get((hospital, stream))
+            mirrored = None if mirror is None else (ack.sequence if ack else 0)
+            scrub = scrubs.get(hospital)
             out.append(
                 StreamStatus(
                     hospital=hospital,
@@ -728,6 +916,13 @@ class Catalog:
                     waiting=held,
                     rejections=len(errors),
                     last_error=errors[-1] if errors else None,
+                    mirror=mirror,
+                    mirror_sequence=mirrored,
+                    mirror_lag=None
+                    if mirrored is None
+                    else max((last.sequence if last else 0) - mirrored, 0),
+                    scrub_at=None if scrub is None else scrub.checked_at,
+                    scrub_problems=None if scrub is None else scrub.left,
                 )
             )
         return out
@@ -808,6 +1003,19 @@ def _hospital(x: Row[Any]) -> HospitalRow:
         ssh_key=x.ssh_key,
         enrolled_at=x.enrolled_at,
         active=bool(x.active),
+    )
+
+
+def _mirror_ack(x: Row[Any]) -> MirrorAck:
+    return MirrorAck(
+        hospital=x.hospital_id,
+        stream=x.stream,
+        mirror=x.mirror,
+        sequence=int(x.sequence),
+        header_hash=x.header_hash,
+        sent=int(x.sent),
+        updated_at=x.updated_at,
+        last_error=x.last_error,
     )
 
 

@@ -11,7 +11,13 @@
         receipts/                    signed receipts the agent fetches (root-owned, read-only to the account)
       store/<hospital>/<stream>/     the hospital's partition: verified changesets, out of the account's reach
       rejected/<hospital>/           uploads that failed verification, each beside a ``.reason`` file
+      quarantine/<hospital>/         bad blobs 'center verify --heal-from' replaced, each beside a ``.reason``
+      audit-heads/<fingerprint>/     (on a mirror) signed audit heads a primary copied: heads.log, head.json
       sshd/                          generated sshd_config, authorized_keys/<account>, host keys
+      ingest.lock, replicate.lock    one ingest / one replication at a time (fcntl.flock)
+
+A mirror center (another region) is a center home of its own with the same layout; the primary delivers
+into the mirror's ``inbox/<hospital>/incoming`` like an agent would (docs/replication.md).
 """
 
 from __future__ import annotations
@@ -67,3 +73,18 @@ class CenterLayout:
 
     def rejected(self, hospital: str) -> Path:
         return self.home / "rejected" / check_hospital_id(hospital)
+
+    @property
+    def store_root(self) -> Path:
+        return self.home / "store"
+
+    def quarantine(self, hospital: str) -> Path:
+        return self.home / "quarantine" / check_hospital_id(hospital)
+
+    @property
+    def audit_heads(self) -> Path:
+        return self.home / "audit-heads"
+
+    @property
+    def replicate_lock(self) -> Path:
+        return self.home / "replicate.lock"

@@ -28,7 +28,9 @@ app = typer.Typer(
 )
 app.add_typer(agent_app, name="agent", help="Hospital side: read SS-MIX2, consent, sync (hospital IT).")
 app.add_typer(
-    center_app, name="center", help="Server center: enroll, sshd, ingest, status (center operators)."
+    center_app,
+    name="center",
+    help="Server center: enroll, sshd, ingest, replicate, verify, status, dashboard (center operators).",
 )
 app.add_typer(keys_app, name="keys", help="Release-key ceremony (hospital director, custodians).")
 app.add_typer(release_app, name="release", help="Release orders: create, approve, show, list (custodians).")
