@@ -1,0 +1,216 @@
+"""Helicopter-disk throughput for a large release: write and verify against ``cp`` of the same bytes.
+
+    python bench/media_write.py [--patients 100000] [--runs 3] [--out DIR]
+
+Uses the cached synthetic hospital and restore folder of bench/restore_export.py (built the same way if
+missing) and measures, each with peak RSS (this process and its children):
+
+1. the disk writer over already-built bundles (the release's NDJSON, cached): cut, hash, seal, write,
+   fsync, manifest, against ``cp`` of a file of the same size plus ``sync`` of the copy;
+2. ``media verify`` of that disk (signature, every file's SHA-256) against the same ``cp``;
+3. the whole ``media write`` path: bundles built from the restore database (process pool), the disk
+   writer and the offline viewer.
+
+Best of ``--runs`` for 1 and 2 (the machine is shared; the best run is the least disturbed one).
+Target (issue 5): 1 and 2 at least 80 % of ``cp``, memory bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import CACHE, PeakRSS, mb
+
+from hakobune.keys import RecipientPrivateKey, SigningKey
+from media.crypto import generate_passphrase, new_disk_key, wrap_to_passphrase, wrap_to_recipient
+from media.manifest import TrustAnchor
+from media.verify import verify_disk
+from media.write import DiskInfo, DiskWriter, new_disk_id, viewer_factory
+
+HOSPITAL = "9990000002"
+
+
+def restore_folder(patients: int) -> Path:
+    """The bench's restore folder (bench/restore_export.py's cache), rebuilt if missing."""
+    folder = CACHE / f"restore-{patients}-out" / "replay-only"
+    if (folder / "restore.db").exists():
+        return folder
+    from restore_export import prepare
+
+    from hakobune.keys import load_recipient_private, load_signing_key
+    from restore.chain import plan_chain
+    from restore.rebuild import rebuild
+
+    store, world = prepare(patients)
+    private = load_recipient_private(world / "release.key")
+    signer = load_signing_key(world / "agent" / "keys" / "agent.key").public
+    rebuild(folder, plan_chain(store, HOSPITAL), private, signer)
+    return folder
+
+
+def bundles_ndjson(restore: Path, patients: int) -> Path:
+    """The release's bundles as NDJSON (built once with restore.export and cached)."""
+    from restore.database import RestoreDB
+    from restore.export import BundleExporter
+
+    path = CACHE / f"media-{patients}-bundles.ndjson"
+    if not path.exists():
+        t0 = time.perf_counter()
+        with RestoreDB.open(restore) as db, BundleExporter(hospital=HOSPITAL, ndjson=path) as exporter:
+            for row in db.patients():
+                exporter.write(row)
+        print(f"built the bundles once: {mb(path.stat().st_size)} in {time.perf_counter() - t0:.0f} s")
+    return path
+
+
+def disk_info(disk_key: bytes) -> DiskInfo:
+    disk_id = new_disk_id()
+    recipient = RecipientPrivateKey.generate().public
+    return DiskInfo(
+        disk_id=disk_id,
+        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        hospital=HOSPITAL,
+        order_id="RO-BENCH",
+        order_sha256="0" * 64,
+        recipient_id="9990000099",
+        recipient_name="bench",
+        recipient_key=recipient,
+        recipient_wrap=wrap_to_recipient(disk_key, disk_id, recipient),
+        passphrase_wrap=wrap_to_passphrase(disk_key, disk_id, generate_passphrase()),
+    )
+
+
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def cp_seconds(src: Path, dst: Path) -> tuple[float, float]:
+    """``cp`` plus ``sync`` of the copy (what the disk writer's fsyncs amount to): wall and CPU seconds."""
+    dst.unlink(missing_ok=True)
+    t0, c0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
+    subprocess.run(["cp", str(src), str(dst)], check=True)
+    subprocess.run(["sync", str(dst)], check=True)
+    s = time.perf_counter() - t0
+    dst.unlink()
+    return s, cpu_seconds(resource.RUSAGE_CHILDREN) - c0
+
+
+def write_plain(ndjson: Path, out: Path, key: SigningKey) -> tuple[float, int, int, float]:
+    """(1): the writer fed the already-built bundles.  Seconds, plaintext bytes, disk bytes, CPU seconds
+    (all threads)."""
+    disk_key = new_disk_key()
+    info = disk_info(disk_key)  # PBKDF2 and HPKE are not part of the stream being measured
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    disk = DiskWriter(out, info, disk_key)
+    with open(ndjson, "rb", buffering=0) as f:
+        rest = b""
+        while block := f.read(8 << 20):
+            lines = block.split(b"\n")
+            lines[0] = rest + lines[0]
+            rest = lines.pop()
+            for line in lines:
+                disk.add("", line)
+    result = disk.finish(key)
+    return time.perf_counter() - t0, result.plaintext_bytes, result.disk_bytes, cpu_seconds() - c0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--patients", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=CACHE / "media-bench", help="Scratch folder (same disk).")
+    ap.add_argument("--workers", type=int, default=0)
+    args = ap.parse_args()
+    restore = restore_folder(args.patients)
+    ndjson = bundles_ndjson(restore, args.patients)
+    size = ndjson.stat().st_size
+    scratch: Path = args.out
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    key = SigningKey.generate()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"release: {args.patients:,} patients, NDJSON {mb(size)}; {os.cpu_count()} cores, load {load}")
+
+    cp, cp_cpu = min(cp_seconds(ndjson, scratch / "cp.copy") for _ in range(args.runs))
+    cp_rate = size / cp
+    print(
+        f"cp + sync of {mb(size)}: {cp:.2f} s, {cp_rate / 1e6:,.0f} MB/s (best of {args.runs}; "
+        f"CPU {cp_cpu:.2f} s)"
+    )
+
+    best: tuple[float, int, int, float] | None = None
+    with PeakRSS() as rss1:
+        for i in range(args.runs):
+            disk = scratch / f"disk-{i}"
+            run = write_plain(ndjson, disk, key)
+            if best is None or run[0] < best[0]:
+                best = run
+            if i < args.runs - 1:
+                shutil.rmtree(disk)
+    assert best is not None
+    s, plain, on_disk, used = best
+    print(
+        f"(1) disk writer: {mb(plain)} → {mb(on_disk)} in {s:.2f} s, {plain / s / 1e6:,.0f} MB/s = "
+        f"{plain / s / cp_rate:.0%} of cp; CPU {used:.2f} s ({used / plain * 1e9:.2f} ms/MB, all threads, "
+        f"feed included); peak RSS {mb(rss1.peak_total)}"
+    )
+
+    disk = scratch / f"disk-{args.runs - 1}"
+    anchor = TrustAnchor.of_key(key.public)
+    times: list[float] = []
+    c0 = cpu_seconds()
+    with PeakRSS() as rss2:
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            report = verify_disk([disk], anchor)
+            times.append(time.perf_counter() - t0)
+            assert report.ok, report.problems
+    used = (cpu_seconds() - c0) / args.runs
+    s, cold = min(times), report.bytes / times[0] / 1e6
+    print(
+        f"(2) verify: {mb(report.bytes)} in {s:.2f} s, {report.bytes / s / 1e6:,.0f} MB/s = "
+        f"{report.bytes / s / cp_rate:.0%} of cp (first run, cold: {cold:,.0f} MB/s); "
+        f"CPU {used:.2f} s a run; peak RSS {mb(rss2.peak_total)}"
+    )
+    shutil.rmtree(disk)
+
+    from restore.database import RestoreDB
+    from restore.export import BundleExporter
+
+    disk_key = new_disk_key()
+    info = disk_info(disk_key)
+    with PeakRSS() as rss3:
+        t0 = time.perf_counter()
+        writer = DiskWriter(scratch / "full", info, disk_key, viewer=viewer_factory(info, disk_key))
+        with (
+            RestoreDB.open(restore) as db,
+            BundleExporter(hospital=HOSPITAL, workers=args.workers, sink=writer.add) as exporter,
+        ):
+            for row in db.patients():
+                exporter.write(row)
+        result = writer.finish(key)
+        s = time.perf_counter() - t0
+    print(
+        f"(3) whole media write (bundles in a process pool, disk, viewer): {result.patients:,} patients, "
+        f"{mb(result.disk_bytes)} on disk ({result.files} files) in {s:.1f} s, "
+        f"{result.patients / s:,.0f} patients/s; peak RSS {mb(rss3.peak_total)} (all processes), "
+        f"{mb(rss3.peak_single)} largest process"
+    )
+    shutil.rmtree(scratch)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average at the end: {load} (other work shares these cores: figures vary between runs)")
+
+
+if __name__ == "__main__":
+    main()

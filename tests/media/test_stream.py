@@ -1,0 +1,167 @@
+"""The segmented AEAD stream (media/stream.py): any plaintext round-trips, whatever the pieces it is fed
+in; any change, truncation, extension, reorder or swap of the ciphertext fails; so do another key or
+another logical name."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from media.stream import (
+    TAG_BYTES,
+    SegmentSealer,
+    StreamDecryptor,
+    StreamEncryptor,
+    StreamError,
+    ciphertext_size,
+    decrypt_chunks,
+    encrypt_all,
+)
+
+KEY = bytes(range(32))
+NAME = "bundles.ndjson"
+SEG = 64
+
+plaintexts = st.binary(min_size=0, max_size=6 * SEG + 7)
+
+
+def _decrypt(sealed: bytes, *, key: bytes = KEY, name: str = NAME, pieces: int = 1) -> bytes:
+    step = max(1, -(-len(sealed) // pieces))
+    chunks = [sealed[i : i + step] for i in range(0, len(sealed), step)]
+    return b"".join(decrypt_chunks(key, name, chunks, SEG))
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(max(c, 0), len(data)) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(plaintexts, st.lists(st.integers(0, 6 * SEG + 7), max_size=8), st.integers(1, 9))
+def test_any_plaintext_round_trips_whatever_the_pieces(data: bytes, cuts: list[int], pieces: int) -> None:
+    enc = StreamEncryptor(KEY, NAME, SEG)
+    sealed = b"".join(enc.update(p) for p in _split(data, cuts)) + enc.finish()
+    assert len(sealed) == ciphertext_size(len(data), SEG)
+    assert sealed == encrypt_all(KEY, NAME, data, SEG)  # cutting is deterministic, nonces are not random
+    assert _decrypt(sealed, pieces=pieces) == data
+
+
+@settings(max_examples=150, deadline=None)
+@given(plaintexts, st.data())
+def test_any_single_byte_change_fails(data: bytes, draw: st.DataObject) -> None:
+    sealed = bytearray(encrypt_all(KEY, NAME, data, SEG))
+    at = draw.draw(st.integers(0, len(sealed) - 1))
+    sealed[at] ^= draw.draw(st.integers(1, 255))
+    with pytest.raises(StreamError):
+        _decrypt(bytes(sealed))
+
+
+@settings(max_examples=150, deadline=None)
+@given(plaintexts, st.data())
+def test_any_truncation_fails(data: bytes, draw: st.DataObject) -> None:
+    sealed = encrypt_all(KEY, NAME, data, SEG)
+    keep = draw.draw(st.integers(0, len(sealed) - 1))
+    with pytest.raises(StreamError):
+        _decrypt(sealed[:keep])
+
+
+@settings(max_examples=100, deadline=None)
+@given(plaintexts, st.binary(min_size=1, max_size=2 * SEG))
+def test_anything_appended_fails(data: bytes, extra: bytes) -> None:
+    sealed = encrypt_all(KEY, NAME, data, SEG)
+    with pytest.raises(StreamError):
+        _decrypt(sealed + extra)
+    with pytest.raises(StreamError):  # even a whole valid stream appended
+        _decrypt(sealed + encrypt_all(KEY, NAME, data, SEG))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(SEG + 1, 6 * SEG + 7),
+    st.lists(st.integers(1, 6 * SEG + 6 * TAG_BYTES), min_size=1, max_size=5),
+    st.data(),
+)
+def test_parts_put_back_in_another_order_fail(size: int, cuts: list[int], draw: st.DataObject) -> None:
+    sealed = encrypt_all(KEY, NAME, random.Random(size).randbytes(size), SEG)
+    parts = _split(sealed, cuts)
+    if len(parts) < 2:
+        parts = _split(sealed, [len(sealed) // 2])
+    order = draw.draw(st.permutations(range(len(parts))).filter(lambda p: list(p) != sorted(p)))
+    shuffled = b"".join(parts[i] for i in order)
+    if shuffled == sealed:  # equal parts swapped: the same bytes, nothing to detect
+        return
+    with pytest.raises(StreamError):
+        _decrypt(shuffled)
+
+
+def test_two_whole_segments_swapped_fail() -> None:
+    data = os.urandom(3 * SEG + 5)
+    sealed = encrypt_all(KEY, NAME, data, SEG)
+    full = SEG + TAG_BYTES
+    a, b, rest = sealed[:full], sealed[full : 2 * full], sealed[2 * full :]
+    with pytest.raises(StreamError, match="segment 0"):
+        _decrypt(b + a + rest)
+
+
+def test_dropping_the_last_segment_at_a_boundary_fails() -> None:
+    data = os.urandom(2 * SEG)  # two full segments, the second flagged last
+    sealed = encrypt_all(KEY, NAME, data, SEG)
+    with pytest.raises(StreamError, match="segment 0"):
+        _decrypt(sealed[: SEG + TAG_BYTES])  # the first segment was sealed as not-last
+
+
+def test_another_key_or_logical_name_fails() -> None:
+    sealed = encrypt_all(KEY, NAME, b"payload", SEG)
+    with pytest.raises(StreamError):
+        _decrypt(sealed, key=bytes(32))
+    with pytest.raises(StreamError):
+        _decrypt(sealed, name="other.ndjson")
+
+
+def test_an_empty_plaintext_is_one_authenticated_segment() -> None:
+    sealed = encrypt_all(KEY, NAME, b"", SEG)
+    assert len(sealed) == TAG_BYTES
+    assert _decrypt(sealed) == b""
+    with pytest.raises(StreamError, match="truncated"):
+        _decrypt(b"")
+
+
+def test_misuse_is_refused() -> None:
+    sealer = SegmentSealer(KEY, NAME, SEG)
+    with pytest.raises(ValueError):
+        sealer.seal(0, b"short", last=False)
+    with pytest.raises(ValueError):
+        SegmentSealer(b"short key", NAME, SEG)
+    with pytest.raises(ValueError):
+        SegmentSealer(KEY, NAME, 8)
+    enc = StreamEncryptor(KEY, NAME, SEG)
+    enc.finish()
+    with pytest.raises(ValueError):
+        enc.update(b"more")
+    dec = StreamDecryptor(KEY, NAME, SEG)
+    dec.update(encrypt_all(KEY, NAME, b"x", SEG))
+    dec.finish()
+    with pytest.raises(StreamError):
+        dec.update(b"after the end")
+
+
+@settings(max_examples=60, deadline=None)
+@given(plaintexts, st.lists(st.integers(0, 6 * SEG + 7), max_size=8), st.integers(1, 3))
+def test_the_writers_threaded_pipeline_seals_exactly_as_the_stream_encryptor(
+    data: bytes, cuts: list[int], threads: int
+) -> None:
+    from media.write import _SealPipeline
+
+    out: list[bytes] = []
+    pipeline = _SealPipeline(SegmentSealer(KEY, NAME, SEG), out.append, threads=threads)
+    for piece in _split(data, cuts):
+        pipeline.write(piece)
+    digest = pipeline.finish()
+    assert b"".join(out) == encrypt_all(KEY, NAME, data, SEG)
+    assert digest == hashlib.sha256(data).hexdigest() and pipeline.size == len(data)
