@@ -235,6 +235,7 @@ def _stage_receipts(world: DrillWorld) -> dict[str, Any]:
 
 def _stages() -> list[Stage]:
     from hakobune import drill_release as r
+    from hakobune.drill_media import stage_disk
 
     return [
         ("hospital", _stage_hospital),
@@ -250,6 +251,7 @@ def _stages() -> list[Stage]:
         ("unlock", r.stage_unlock),
         ("search", r.stage_search),
         ("export", r.stage_export),
+        ("disk", stage_disk),
         ("audit", r.stage_audit),
     ]
 

@@ -41,7 +41,7 @@ def test_synthetic_drill_runs_every_stage_and_continues_incrementally(tmp_path: 
     assert read["quarantined"] == 0 and rep["quarantine"] == []
     assert read["records"]["patient"] == 60
     names = [s["name"] for s in rep["stages"]]
-    for stage in ("ceremony", "release", "unlock", "search", "export", "audit"):
+    for stage in ("ceremony", "release", "unlock", "search", "export", "disk", "audit"):
         assert stage in names
     assert names.index("ceremony") < names.index("setup") < names.index("sync") < names.index("unlock")
     unlock = _stage(rep, "unlock")["figures"]
@@ -55,6 +55,14 @@ def test_synthetic_drill_runs_every_stage_and_continues_incrementally(tmp_path: 
     assert _stage(rep, "export")["figures"]["nonconformant"] == 0
     assert _stage(rep, "audit")["figures"]["ok"] is True
     assert not list(out.rglob("release.key")), "the release private key is never written"
+    disk = _stage(rep, "disk")["figures"]
+    assert disk["patients"] == disk["opened_bundles"] == len(fhir)
+    assert (out / "disk" / "viewer.html").is_file() and (out / "disk" / "manifest.json").is_file()
+    assert len(disk["passphrase"].replace("-", "")) == 24
+    verified = runner.invoke(
+        app, ["media", "verify", str(out / "disk"), "--center-key", str(out / "center/keys/center.pub")]
+    )
+    assert verified.exit_code == 0, verified.output
 
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
