@@ -1,4 +1,4 @@
-"""Build one clinical changeset: the day's changes found by the file index, turned into record upserts and
+"""Build one changeset per stream: the day's changes found by the file index, turned into record upserts and
 deletions against what was sent before, filtered by consent, and sealed into the outbox.
 
 The work per patient: list the changed type folders, pick each touched unit's current file (flag ``1``,
@@ -9,6 +9,10 @@ quarantined and the unit keeps what was sent before (nothing is lost to a bad fi
 Everything the build changes in the state database happens in one transaction that commits only after the
 sealed file is safely in the outbox; a crash anywhere before that leaves the previous state, and the next
 run finds the same changes again.
+
+The research stream reuses all of this (:class:`agent.research.ResearchBuilder`): when it is on, the
+reader processes also de-identify what they read (:func:`read_patients_research`), so one read of each file
+feeds both streams.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +29,11 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from agent.consent import ConsentSnapshot
+from agent.deidentify import Pseudonymizer, birth_of, deidentify
 from agent.ledger import ExcludedPatient, PatientKey, QuarantinedFile, SentUnit
 from agent.ssmix2.layout import BadName, FoundFile, iter_patient_dirs, parse_name
 from agent.ssmix2.reader import Status, read_found
-from hakobune.records import encode, hash_encoded
+from hakobune.records import Record, encode, hash_encoded
 from hakobune.sealed import ChangesetWriter
 
 #: Patients per worker task.
@@ -37,10 +42,12 @@ BATCH = 32
 
 @dataclass(frozen=True, slots=True)
 class DirWork:
-    """A type folder to look at: all its units (``touched`` None) or only those order numbers."""
+    """A type folder to look at: all its units (``touched`` None) or only those order numbers.  ``also``:
+    order numbers to look at besides every unit found (``touched`` None), for units whose files vanished."""
 
     leaf_dir: str
     touched: frozenset[str] | None
+    also: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,8 @@ class UnitResult:
     quarantined: tuple[str, str] | None = None  # (relpath, reason)
     skipped: bool = False
     records: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # item -> (hash, encoded)
+    #: The same records de-identified (research stream on), item -> (hash, research encoding).
+    research: dict[str, tuple[str, bytes]] | None = None
 
 
 @dataclass(slots=True)
@@ -65,6 +74,8 @@ class PatientResult:
     patient_id: str
     units: list[UnitResult]
     strays: list[tuple[str, str]]  # (relpath, reason) of entries that are not SS-MIX2 files
+    #: Research stream on: the birth date a patient record read here gives (None: no patient record read).
+    birth_read: str | None = None
 
 
 @dataclass
@@ -89,7 +100,43 @@ def read_patients_work(args: tuple[str, list[PatientWork]]) -> list[PatientResul
     return [_read_patient(root, w) for w in work]
 
 
-def _read_patient(root: str, work: PatientWork) -> PatientResult:
+ResearchTask = tuple[str, list[PatientWork], Pseudonymizer, dict[str, str]]
+
+
+def read_patients_research(args: ResearchTask) -> list[PatientResult]:
+    """Worker: as :func:`read_patients_work`, and each unit's records de-identified for the research
+    stream.  The last element holds the birth dates the agent knows (patient ID -> ``YYYY-MM-DD``) for
+    patients whose patient record is not among what is read."""
+    root, work, pseudonymizer, births = args
+    return [read_patient(root, w, pseudonymizer, births.get(w.patient_id)) for w in work]
+
+
+def read_patient(
+    root: str, work: PatientWork, research: Pseudonymizer | None = None, birth: str | None = None
+) -> PatientResult:
+    """One patient's touched units; with ``research``, also de-identified (ages from the birth date a
+    patient record read here gives, else ``birth``)."""
+    if research is None:
+        return _read_patient(root, work)
+    kept: list[tuple[UnitResult, list[Record]]] = []
+    result = _read_patient(root, work, kept)
+    read = birth_of(r for _, records in kept for r in records)
+    pid = research.pseudonym(work.patient_id)
+    for unit in result.units:
+        unit.research = {}
+    for unit, records in kept:
+        assert unit.research is not None
+        order = research.order_hash(work.patient_id, unit.unit.rsplit("/", 1)[1]) if records else None
+        for record in records:
+            data = deidentify(research, record, read or birth, pid, order)
+            unit.research[record.key.item] = (hash_encoded(data), data)
+    result.birth_read = read
+    return result
+
+
+def _read_patient(
+    root: str, work: PatientWork, kept: list[tuple[UnitResult, list[Record]]] | None = None
+) -> PatientResult:
     units: list[UnitResult] = []
     strays: list[tuple[str, str]] = []
     for d in work.dirs:
@@ -115,7 +162,7 @@ def _read_patient(root: str, work: PatientWork) -> PatientResult:
                 parsed.order_no not in best or parsed.timestamp > best[parsed.order_no][0]
             ):
                 best[parsed.order_no] = (parsed.timestamp, name, entry)
-        for order in sorted(orders | (d.touched or set())):
+        for order in sorted(orders | (d.touched if d.touched is not None else d.also)):
             unit = f"{pid}/{date}/{dtype}/{order}"
             if order not in best:
                 units.append(UnitResult(unit, None))
@@ -134,6 +181,8 @@ def _read_patient(root: str, work: PatientWork) -> PatientResult:
                 for record in outcome.records:
                     data = encode(record)
                     result.records[record.key.item] = (hash_encoded(data), data)
+                if kept is not None:
+                    kept.append((result, outcome.records))
             units.append(result)
     return PatientResult(work.patient_id, units, strays)
 
@@ -143,6 +192,11 @@ def patient_token(token_key: bytes, stream: str, patient_id: str) -> bytes:
     first 16 bytes.  Stable across re-baselines and agent reinstalls (the token key is backed up with the
     agent keys), meaningless to the center."""
     return hmac.new(token_key, f"{stream}\x00{patient_id}".encode(), hashlib.sha256).digest()[:16]
+
+
+def excluded_predicate(stream: str, consent: ConsentSnapshot) -> Callable[[str], bool]:
+    """Who must not be in ``stream``: opted out of everything (clinical), or of research too (research)."""
+    return consent.excluded_from_research if stream == "research" else consent.excluded_from_backup
 
 
 def put_op(encoded: bytes) -> bytes:
@@ -215,6 +269,7 @@ class Builder:
         self.now = now
         self.stats = BuildStats()
         self._unit_rows: list[dict[str, object]] = []
+        self._excluded = excluded_predicate(stream, consent)
 
     # --- consent ---------------------------------------------------------------------------------------
 
@@ -239,11 +294,12 @@ class Builder:
         for relpath, reason in result.strays:
             self._quarantine(relpath, reason)
         pid = result.patient_id
-        if self.consent.excluded_from_backup(pid):
+        if self._excluded(pid):
             self.stats.opted_out += 1
             self.erase(pid)
             self.exclude(pid)
             return
+        result = self._prepare(result)
         ops: list[bytes] = []
         for unit in result.units:
             ops.extend(self._unit(pid, unit))
@@ -252,6 +308,20 @@ class Builder:
             self.writer.add(key.token, key.kid, key.key, ops)
             self.stats.patients += 1
         self._flush_units()
+
+    # --- hooks a stream's builder overrides (:class:`agent.research.ResearchBuilder`) -------------------
+
+    def _prepare(self, result: PatientResult) -> PatientResult:
+        """The result to build from (the clinical stream takes it as read)."""
+        return result
+
+    def _records(self, unit: UnitResult) -> dict[str, tuple[str, bytes]]:
+        """The unit's records as this stream sends them: item -> (content hash, encoding)."""
+        return unit.records
+
+    def _del(self, unit: str, item: str) -> bytes:
+        """The operation that deletes record ``item`` of ``unit`` (``patient/date/type/order``)."""
+        return del_op(unit, item)
 
     def _unit(self, pid: str, unit: UnitResult) -> list[bytes]:
         old_row = None if self.fresh else self.session.get(SentUnit, (self.stream, unit.unit))
@@ -264,20 +334,21 @@ class Builder:
             return []
         ops: list[bytes] = []
         if unit.source is None:
-            ops = [del_op(unit.unit, item) for item in sorted(old)]
+            ops = [self._del(unit.unit, item) for item in sorted(old)]
             if old_row is not None:
                 self.session.delete(old_row)
             self.stats.dels += len(ops)
             return ops
         self.stats.units_read += 1
-        for item, (digest, data) in unit.records.items():
+        records = self._records(unit)
+        for item, (digest, data) in records.items():
             if old.get(item) != digest:
                 ops.append(put_op(data))
                 self.stats.puts += 1
-        for item in sorted(set(old) - set(unit.records)):
-            ops.append(del_op(unit.unit, item))
+        for item in sorted(set(old) - set(records)):
+            ops.append(self._del(unit.unit, item))
             self.stats.dels += 1
-        hashes = orjson.dumps({item: digest for item, (digest, _) in unit.records.items()})
+        hashes = orjson.dumps({item: digest for item, (digest, _) in records.items()})
         if old_row is None:
             self._unit_rows.append(
                 {
@@ -302,7 +373,10 @@ class Builder:
         self._flush_units(force=True)
 
     def _patient_key(self, patient_id: str) -> PatientKey:
-        key = self.session.get(PatientKey, (self.stream, patient_id))
+        # A patient is added once per changeset (the writer refuses a second time), so the lookup need not
+        # flush the pending rows first: a flush per patient cost more than the rest of a baseline's work.
+        with self.session.no_autoflush:
+            key = self.session.get(PatientKey, (self.stream, patient_id))
         if key is None:
             key = PatientKey(
                 stream=self.stream,
@@ -327,18 +401,20 @@ class Builder:
 
 
 def late_opt_outs(session: Session, stream: str, consent: ConsentSnapshot) -> list[str]:
-    """Patients with data sent (a key) who now opt out of backup."""
+    """Patients with data sent (a key) who now opt out of the stream (backup, or research)."""
+    excluded = excluded_predicate(stream, consent)
     return [
         pid
         for pid in session.scalars(select(PatientKey.patient_id).where(PatientKey.stream == stream))
-        if consent.excluded_from_backup(pid)
+        if excluded(pid)
     ]
 
 
 def withdrawn_opt_outs(session: Session, stream: str, consent: ConsentSnapshot) -> list[str]:
-    """Patients whose data was held back by an opt-out that has since been withdrawn."""
+    """Patients whose data was held back from the stream by an opt-out that has since been withdrawn."""
+    excluded = excluded_predicate(stream, consent)
     rows = session.scalars(select(ExcludedPatient.patient_id).where(ExcludedPatient.stream == stream))
-    back = [pid for pid in rows if not consent.excluded_from_backup(pid)]
+    back = [pid for pid in rows if not excluded(pid)]
     if back:
         session.execute(
             delete(ExcludedPatient).where(

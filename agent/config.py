@@ -32,6 +32,16 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
+class ResearchConfig:
+    """The research stream (DESIGN §10): on when both keys are configured in ``[research]``.
+    ``analysis_key``: the analysis center's public key (research changesets are sealed to it);
+    ``linkage_key``: the network's linkage key (0600; never given to the analysis center)."""
+
+    analysis_key: Path
+    linkage_key: Path
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     home: Path
     hospital: str
@@ -52,6 +62,8 @@ class AgentConfig:
     rebaseline_days: int = 90
     workers: int = 0
     guard: GuardConfig = field(default_factory=GuardConfig)
+    #: None: the research stream is off.
+    research: ResearchConfig | None = None
 
     @property
     def outbox(self) -> Path:
@@ -96,6 +108,7 @@ def parse_config(doc: dict[str, Any], home: Path, where: str) -> AgentConfig:
     schedule = table(doc, "schedule", where)
     sync = table(doc, "sync", where)
     guard = table(doc, "guard", where)
+    research_table = table(doc, "research", where)
     try:
         hospital = check_hospital_id(required(doc, "hospital"))
         suite = check_suite(get(keys, "suite", str, "mlkem768-x25519"))
@@ -118,6 +131,14 @@ def parse_config(doc: dict[str, Any], home: Path, where: str) -> AgentConfig:
     rebaseline_days = get(sync, "rebaseline_days", int, 90)
     if bwlimit < 0 or rebaseline_days < 0:
         raise ConfigError(f"{where}: center.bwlimit and sync.rebaseline_days must not be negative")
+    analysis_key = path(get(research_table, "analysis_key", str))
+    linkage_key = path(get(research_table, "linkage_key", str))
+    if (analysis_key is None) != (linkage_key is None):
+        raise ConfigError(
+            f"{where}: research.analysis_key and research.linkage_key go together "
+            "(set both to turn the research stream on, or neither)"
+        )
+    research = ResearchConfig(analysis_key, linkage_key) if analysis_key and linkage_key else None
     return AgentConfig(
         home=home,
         hospital=hospital,
@@ -138,6 +159,7 @@ def parse_config(doc: dict[str, Any], home: Path, where: str) -> AgentConfig:
         rebaseline_days=rebaseline_days,
         workers=get(sync, "workers", int, 0),
         guard=GuardConfig(min_files=get(guard, "min_files", int, 200), **shares),
+        research=research,
     )
 
 
@@ -183,4 +205,9 @@ max_removed_share = 0.05
 max_rewritten_share = 0.01
 max_unreadable_share = 0.05
 min_files = 200
+
+# The de-identified research stream, off until both keys are set ('hakobune agent research-keys'):
+# [research]
+# analysis_key = "keys/analysis.pub"   # the analysis center's public key
+# linkage_key = "keys/linkage.key"     # the network's linkage key (0600), from the network operator
 """

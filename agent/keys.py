@@ -1,6 +1,10 @@
 """The agent's keys under ``HOME/keys``: its Ed25519 signing key, its SSH client key, the token key that
 turns patient IDs into pseudonymous tokens, and two public keys it is given: the hospital's release key
-(what clinical changesets are sealed to) and the center's receipt key.  Private files are 0600."""
+(what clinical changesets are sealed to) and the center's receipt key.  Private files are 0600.
+
+With the research stream on, two more: the analysis center's public key (research changesets are sealed
+to it) and the network's linkage key (:mod:`agent.linkage`).  The research pseudonyms' secret is derived
+from the token key (:func:`agent.deidentify.derive_research_secret`), so it needs no file of its own."""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ResearchConfig
+from agent.deidentify import Pseudonymizer, derive_research_secret
+from agent.linkage import load_linkage_key
 from hakobune.errors import ConfigError, InputError
 from hakobune.keys import (
     PRIVATE_FILE_MODE,
@@ -33,17 +39,36 @@ TOKEN_KEY_SIZE = 32
 
 
 @dataclass(frozen=True, repr=False)
+class ResearchKeys:
+    """What the research stream needs: the key it is sealed to and the hospital's keyed hashes."""
+
+    analysis: RecipientPublicKey
+    pseudonymizer: Pseudonymizer
+
+    @classmethod
+    def load(cls, research: ResearchConfig, token_key: bytes) -> ResearchKeys:
+        return cls(
+            load_recipient_public(research.analysis_key),
+            Pseudonymizer(derive_research_secret(token_key), load_linkage_key(research.linkage_key)),
+        )
+
+
+@dataclass(frozen=True, repr=False)
 class AgentKeys:
     signing: SigningKey
     token: bytes
     release: RecipientPublicKey
+    #: None: the research stream is off.
+    research: ResearchKeys | None = None
 
     @classmethod
     def load(cls, cfg: AgentConfig) -> AgentKeys:
+        token = load_token_key(cfg.token_key)
         return cls(
             load_signing_key(cfg.signing_key),
-            load_token_key(cfg.token_key),
+            token,
             load_recipient_public(cfg.release_key),
+            ResearchKeys.load(cfg.research, token) if cfg.research is not None else None,
         )
 
 

@@ -11,6 +11,11 @@
 * ``outbox``: sealed changesets waiting for (or holding) the center's signed receipt.
 * ``quarantine``: files currently refused, with their reason (reported by ``agent status`` and the drill).
 * ``hold``: a day held back by the attack guard until an operator confirms.
+* ``research_birth``: each patient's full birth date as last read, for the ages in the research stream
+  (only the year-month leaves the hospital).
+
+Every table except ``quarantine``, ``hold`` and ``research_birth`` has a ``stream`` column: the clinical
+and research streams keep separate chains, keys and ledgers.
 """
 
 from __future__ import annotations
@@ -116,3 +121,13 @@ class Hold(Base):
     confirmed_at: Mapped[str | None] = mapped_column(default=None)
     confirmed_by: Mapped[str | None] = mapped_column(default=None)
     released_sequence: Mapped[int | None] = mapped_column(default=None)
+
+
+class ResearchBirth(Base):
+    """A patient's full birth date as the newest patient record read gave it: research records carry the
+    age at each event, and most changed files do not hold the birth date themselves."""
+
+    __tablename__ = "research_birth"
+
+    patient_id: Mapped[str] = mapped_column(primary_key=True)
+    birth_date: Mapped[str]

@@ -1,5 +1,10 @@
-"""One sync run: find the day's changes, guard against an attack-shaped day, seal a changeset into the
-outbox.  (Shipping it is :mod:`agent.ship`.)"""
+"""One sync run: find the day's changes, guard against an attack-shaped day, seal a changeset per stream
+into the outbox (clinical; research too when it is on).  (Shipping them is :mod:`agent.ship`.)
+
+Both streams are built in one pass, in one state-database transaction: each patient's changed files are
+read once (in the reader processes, which also de-identify when research is on) and the result goes to
+each stream's builder.  Either both sealed files and their ledger rows are committed, or neither.
+"""
 
 from __future__ import annotations
 
@@ -18,25 +23,31 @@ from agent.changeset import (
     BATCH,
     Builder,
     BuildStats,
+    DirWork,
+    PatientResult,
     PatientWork,
+    ResearchTask,
     all_patients,
     late_opt_outs,
+    read_patients_research,
     read_patients_work,
     whole_patient,
     withdrawn_opt_outs,
     work_from_changes,
 )
 from agent.config import AgentConfig, GuardConfig
-from agent.consent import ConsentRegistry
+from agent.consent import ConsentRegistry, ConsentSnapshot
 from agent.fileindex import FileIndex, ScanResult
-from agent.keys import AgentKeys
+from agent.keys import AgentKeys, ResearchKeys
 from agent.ledger import Hold, OutboxItem, QuarantinedFile, SentUnit, StreamState
+from agent.research import ResearchBuilder, known_births
 from agent.ssmix2.layout import BadName, parse_name, patient_folder
 from agent.state import StateDB, to_iso
 from hakobune.errors import HakobuneError
+from hakobune.keys import RecipientPublicKey
 from hakobune.naming import Stream, changeset_name, parse_changeset_name
 from hakobune.parallel import ordered_map
-from hakobune.sealed import ZERO_HASH, ChangesetWriter, Epoch
+from hakobune.sealed import ZERO_HASH, ChangesetWriter, Epoch, Header
 
 SyncStatus = Literal["sealed", "nothing", "held"]
 
@@ -53,7 +64,22 @@ class Held(HakobuneError):
 
 
 @dataclass
+class StreamResult:
+    """What a sync sealed for a stream other than the clinical one."""
+
+    status: SyncStatus
+    sequence: int | None = None
+    name: str | None = None
+    kind: str | None = None
+    size: int = 0
+    build: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class SyncResult:
+    """A sync's outcome.  The top-level fields are the clinical stream's; ``research`` is the research
+    stream's (None when it is off)."""
+
     status: SyncStatus
     sequence: int | None = None
     name: str | None = None
@@ -63,6 +89,7 @@ class SyncResult:
     build: dict[str, int] = field(default_factory=dict)
     hold_reason: str | None = None
     seconds: float = 0.0
+    research: StreamResult | None = None
 
 
 def recover_outbox(outbox: Path, db: StateDB) -> list[str]:
@@ -123,12 +150,13 @@ def run_sync(
     cfg: AgentConfig,
     db: StateDB,
     *,
-    stream: Stream = "clinical",
     now: datetime | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> SyncResult:
-    """Scan, guard, build and seal one changeset into the outbox.  Raises :class:`Held` when the guard
-    holds the day (nothing is sealed; an operator confirms with ``agent confirm``)."""
+    """Scan, guard, build and seal one changeset per stream into the outbox: the clinical one, and the
+    research one when the research stream is on (both from the same scan and the same file reads).
+    Raises :class:`Held` when the guard holds the day (nothing is sealed; an operator confirms with
+    ``agent confirm``)."""
     started = time.monotonic()
     moment = now or datetime.now(UTC)
     stamp = to_iso(moment)
@@ -146,62 +174,85 @@ def run_sync(
         _hold(db, stamp, reason, scan_figures)
         raise Held(_held_message(reason), reason, scan_figures)
     try:
-        return _build(cfg, db, keys, index, scan, stream, moment, confirmed, on_progress, started)
+        return _build(cfg, db, keys, index, scan, moment, confirmed, on_progress, started)
     except Held as held:
         index.discard()
         _hold(db, stamp, held.reason, {**scan_figures, **held.figures})
         raise
 
 
-def _build(
+@dataclass
+class _StreamRun:
+    """One stream's part of a sync: its chain state, epoch, sealed file being written and builder."""
+
+    stream: Stream
+    state: StreamState
+    baseline: bool
+    sequence: int
+    name: str
+    writer: ChangesetWriter
+    builder: Builder
+    header: Header | None = None
+
+
+def _open_stream(
+    s: Session,
     cfg: AgentConfig,
-    db: StateDB,
     keys: AgentKeys,
-    index: FileIndex,
-    scan: ScanResult,
     stream: Stream,
+    recipient: RecipientPublicKey,
+    consent: ConsentSnapshot,
     moment: datetime,
-    confirmed: int | None,
-    on_progress: Callable[[int], None] | None,
-    started: float,
-) -> SyncResult:
+) -> _StreamRun:
     stamp = to_iso(moment)
-    scan_figures = scan.figures()
-    consent = ConsentRegistry(db).snapshot()
-    with db.session() as s:
-        state = s.get(StreamState, stream)
-        if state is None:
-            state = StreamState(stream=stream, last_sequence=0, last_hash=ZERO_HASH)
-            s.add(state)
-            s.flush()
-        baseline = (
-            state.last_sequence == 0
-            or state.epoch_recipient != keys.release.fingerprint
-            or _rebaseline_due(state.baseline_at, cfg.rebaseline_days, moment)
-        )
-        if baseline or state.epoch_id is None:
-            epoch = Epoch.create(keys.release, cfg.hospital, stream)
-            state.epoch_id, state.epoch_key, state.epoch_sealed = epoch.id, epoch.key, epoch.sealed
-            state.epoch_recipient = keys.release.fingerprint
-        else:
-            assert state.epoch_key is not None and state.epoch_sealed is not None
-            epoch = Epoch(state.epoch_id, state.epoch_key, state.epoch_sealed)
-        if baseline:
-            s.execute(delete(SentUnit).where(SentUnit.stream == stream))
-        sequence = state.last_sequence + 1
-        name = changeset_name(stream, sequence)
-        writer = ChangesetWriter(
-            cfg.outbox / name,
-            hospital=cfg.hospital,
-            stream=stream,
+    state = s.get(StreamState, stream)
+    if state is None:
+        state = StreamState(stream=stream, last_sequence=0, last_hash=ZERO_HASH)
+        s.add(state)
+        s.flush()
+    baseline = (
+        state.last_sequence == 0
+        or state.epoch_recipient != recipient.fingerprint
+        or _rebaseline_due(state.baseline_at, cfg.rebaseline_days, moment)
+    )
+    if baseline or state.epoch_id is None:
+        epoch = Epoch.create(recipient, cfg.hospital, stream)
+        state.epoch_id, state.epoch_key, state.epoch_sealed = epoch.id, epoch.key, epoch.sealed
+        state.epoch_recipient = recipient.fingerprint
+    else:
+        assert state.epoch_key is not None and state.epoch_sealed is not None
+        epoch = Epoch(state.epoch_id, state.epoch_key, state.epoch_sealed)
+    if baseline:
+        s.execute(delete(SentUnit).where(SentUnit.stream == stream))
+    sequence = state.last_sequence + 1
+    name = changeset_name(stream, sequence)
+    writer = ChangesetWriter(
+        cfg.outbox / name,
+        hospital=cfg.hospital,
+        stream=stream,
+        sequence=sequence,
+        prev=state.last_hash,
+        kind="baseline" if baseline else "incremental",
+        epoch=epoch,
+        recipient=recipient,
+        signer=keys.signing,
+        created_at=stamp,
+    )
+    builder: Builder
+    if stream == "research":
+        assert keys.research is not None
+        builder = ResearchBuilder(
+            s,
+            writer,
             sequence=sequence,
-            prev=state.last_hash,
-            kind="baseline" if baseline else "incremental",
-            epoch=epoch,
-            recipient=keys.release,
-            signer=keys.signing,
-            created_at=stamp,
+            token_key=keys.token,
+            pseudonymizer=keys.research.pseudonymizer,
+            root=cfg.ssmix2,
+            consent=consent,
+            fresh=baseline,
+            now=stamp,
         )
+    else:
         builder = Builder(
             s,
             writer,
@@ -212,74 +263,154 @@ def _build(
             fresh=baseline,
             now=stamp,
         )
+    return _StreamRun(stream, state, baseline, sequence, name, writer, builder)
+
+
+def _build(
+    cfg: AgentConfig,
+    db: StateDB,
+    keys: AgentKeys,
+    index: FileIndex,
+    scan: ScanResult,
+    moment: datetime,
+    confirmed: int | None,
+    on_progress: Callable[[int], None] | None,
+    started: float,
+) -> SyncResult:
+    stamp = to_iso(moment)
+    scan_figures = scan.figures()
+    consent = ConsentRegistry(db).snapshot()
+    with db.session() as s:
+        runs = [_open_stream(s, cfg, keys, "clinical", keys.release, consent, moment)]
+        if keys.research is not None:
+            runs.append(_open_stream(s, cfg, keys, "research", keys.research.analysis, consent, moment))
+        clinical = runs[0]
         try:
-            for pid in late_opt_outs(s, stream, consent):
-                builder.erase(pid)
-                builder.exclude(pid)
-            withdrawn = set(withdrawn_opt_outs(s, stream, consent))
+            withdrawn: set[str] = set()
+            for run in runs:
+                for pid in late_opt_outs(s, run.stream, consent):
+                    run.builder.erase(pid)
+                    run.builder.exclude(pid)
+                withdrawn.update(withdrawn_opt_outs(s, run.stream, consent))
             gone: list[str] = []
-            work = _work(cfg.ssmix2, index, baseline, withdrawn, gone)
-            for results in ordered_map(read_patients_work, _batched(str(cfg.ssmix2), work), cfg.workers):
+            baselines = [run.baseline for run in runs]
+            work = _work(cfg.ssmix2, index, all(baselines), any(baselines), withdrawn, gone)
+            for results in _read(cfg, s, work, keys.research):
                 for result in results:
-                    builder.add(result)
+                    for run in runs:
+                        run.builder.add(result)
                     if on_progress:
                         on_progress(1)
-            builder.finish()
+            for run in runs:
+                run.builder.finish()
             _forget_removed_quarantine(s, gone)
             reason = (
-                None if confirmed is not None else guard_build(builder.stats, cfg.guard, scan.index_before)
+                None
+                if confirmed is not None
+                else guard_build(clinical.builder.stats, cfg.guard, scan.index_before)
             )
             if reason is not None:
-                raise Held(_held_message(reason), reason, builder.stats.as_dict())
-            stats = builder.stats
-            if not baseline and stats.puts == 0 and stats.dels == 0 and stats.tombstones == 0:
-                writer.abort()
+                raise Held(_held_message(reason), reason, clinical.builder.stats.as_dict())
+            for run in runs:
+                stats = run.builder.stats
+                if not run.baseline and stats.puts == 0 and stats.dels == 0 and stats.tombstones == 0:
+                    run.writer.abort()
+                else:
+                    run.header = run.writer.finish()
+            if all(run.header is None for run in runs):
                 index.commit(s)
                 return SyncResult(
-                    "nothing", scan=scan_figures, build=stats.as_dict(), seconds=_since(started)
+                    "nothing",
+                    scan=scan_figures,
+                    build=clinical.builder.stats.as_dict(),
+                    seconds=_since(started),
+                    research=_research_result(runs),
                 )
-            header = writer.finish()
         except BaseException:
-            writer.abort()
+            for run in runs:
+                run.writer.abort()
+                if run.header is not None:
+                    (cfg.outbox / run.name).unlink(missing_ok=True)
             raise
         try:
-            s.add(
-                OutboxItem(
-                    stream=stream,
-                    sequence=sequence,
-                    name=name,
-                    header_hash=header.hash,
-                    size=header.total_size,
-                    kind=header.kind,
-                    created_at=stamp,
-                    patients=header.key_count,
-                    puts=stats.puts,
-                    dels=stats.dels,
-                    tombstones=len(header.tombstones),
-                )
-            )
-            state.last_sequence, state.last_hash = sequence, header.hash
-            if baseline:
-                state.baseline_sequence, state.baseline_at = sequence, stamp
+            for run in runs:
+                if run.header is not None:
+                    _record_sealed(s, run, stamp)
             if confirmed is not None:
                 hold = s.get(Hold, confirmed)
                 if hold is not None:
-                    hold.released_sequence = sequence
+                    hold.released_sequence = clinical.sequence if clinical.header else None
             index.commit(s)
             s.flush()
         except BaseException:
-            (cfg.outbox / name).unlink(missing_ok=True)
+            for run in runs:
+                (cfg.outbox / run.name).unlink(missing_ok=True)
             raise
+    head = clinical.header
     return SyncResult(
-        "sealed",
-        sequence=sequence,
-        name=name,
-        kind=header.kind,
-        size=header.total_size,
+        "sealed" if head is not None else "nothing",
+        sequence=clinical.sequence if head is not None else None,
+        name=clinical.name if head is not None else None,
+        kind=head.kind if head is not None else None,
+        size=head.total_size if head is not None else 0,
         scan=scan_figures,
-        build=stats.as_dict(),
+        build=clinical.builder.stats.as_dict(),
         seconds=_since(started),
+        research=_research_result(runs),
     )
+
+
+def _record_sealed(s: Session, run: _StreamRun, stamp: str) -> None:
+    """The ledger side of a sealed changeset: its outbox row and the stream's new chain head."""
+    header = run.header
+    assert header is not None
+    stats = run.builder.stats
+    s.add(
+        OutboxItem(
+            stream=run.stream,
+            sequence=run.sequence,
+            name=run.name,
+            header_hash=header.hash,
+            size=header.total_size,
+            kind=header.kind,
+            created_at=stamp,
+            patients=header.key_count,
+            puts=stats.puts,
+            dels=stats.dels,
+            tombstones=len(header.tombstones),
+        )
+    )
+    run.state.last_sequence, run.state.last_hash = run.sequence, header.hash
+    if run.baseline:
+        run.state.baseline_sequence, run.state.baseline_at = run.sequence, stamp
+
+
+def _research_result(runs: list[_StreamRun]) -> StreamResult | None:
+    run = next((r for r in runs if r.stream == "research"), None)
+    if run is None:
+        return None
+    build = run.builder.stats.as_dict()
+    if isinstance(run.builder, ResearchBuilder):
+        build["refreshed"] = run.builder.refreshed
+    head = run.header
+    if head is None:
+        return StreamResult("nothing", build=build)
+    return StreamResult("sealed", run.sequence, run.name, head.kind, head.total_size, build)
+
+
+def _read(
+    cfg: AgentConfig, s: Session, work: Iterator[PatientWork], research: ResearchKeys | None
+) -> Iterator[list[PatientResult]]:
+    """Read the work in the reader processes, in order; de-identified too when research is on."""
+    root = str(cfg.ssmix2)
+    if research is None:
+        yield from ordered_map(read_patients_work, _batched(root, work), cfg.workers)
+        return
+    p = research.pseudonymizer
+    tasks: Iterator[ResearchTask] = (
+        (root, batch, p, known_births(s, [w.patient_id for w in batch])) for _, batch in _batched(root, work)
+    )
+    yield from ordered_map(read_patients_research, tasks, cfg.workers)
 
 
 def _held_message(reason: str) -> str:
@@ -298,20 +429,53 @@ def _rebaseline_due(baseline_at: str | None, days: int, now: datetime) -> bool:
 
 
 def _work(
-    root: Path, index: FileIndex, baseline: bool, withdrawn: set[str], gone: list[str]
+    root: Path, index: FileIndex, baseline: bool, everyone: bool, withdrawn: set[str], gone: list[str]
 ) -> Iterator[PatientWork]:
     """The patients to read; ``gone`` collects, as a side effect of the one pass over the index's
-    changes, the paths of files that disappeared."""
+    changes, the paths of files that disappeared.
+
+    ``baseline``: every stream starts a baseline, read everyone.  ``everyone`` without ``baseline``: one
+    stream starts a baseline while another goes on incrementally (research just turned on, or their
+    re-baselines fall on different days), so everyone is read whole and the day's changed folders are
+    merged in, so that the incremental stream still sees units whose files vanished.  Otherwise the
+    day's changes, and patients whose opt-out was withdrawn read whole (merged with their changes)."""
     if baseline:
         for change in index.iter_changed_dirs():
             gone.extend(f"{change.leaf_dir}/{name}" for name in change.removed)
         yield from all_patients(root)
         return
-    for pid in sorted(withdrawn):
-        yield whole_patient(root, patient_folder(pid))
-    for work in work_from_changes(_touched(index, gone)):
-        if work.patient_id not in withdrawn:
-            yield work
+    if not everyone and not withdrawn:
+        yield from work_from_changes(_touched(index, gone))
+        return
+    changed: dict[str, dict[str, set[str] | None]] = {}
+    for leaf_dir, orders in _touched(index, gone):
+        changed.setdefault(leaf_dir.split("/")[2], {})[leaf_dir] = orders
+    whole = (
+        all_patients(root)
+        if everyone
+        else (whole_patient(root, patient_folder(p)) for p in sorted(withdrawn))
+    )
+    for w in whole:
+        yield _merged(w, changed.pop(w.patient_id, {}))
+    for dirs in changed.values():
+        yield from work_from_changes(dirs.items())
+
+
+def _merged(work: PatientWork, changed: dict[str, set[str] | None]) -> PatientWork:
+    """A whole-patient read that also looks at the changed order numbers of its folders (a unit whose
+    files all vanished is not found by listing) and at changed folders that no longer exist."""
+    if not changed:
+        return work
+    dirs = [
+        DirWork(d.leaf_dir, None, frozenset(changed.pop(d.leaf_dir, None) or ()))
+        if d.leaf_dir in changed
+        else d
+        for d in work.dirs
+    ]
+    dirs += [
+        DirWork(leaf, frozenset(orders) if orders is not None else None) for leaf, orders in changed.items()
+    ]
+    return PatientWork(work.patient_id, tuple(dirs))
 
 
 def _touched(index: FileIndex, gone: list[str]) -> Iterator[tuple[str, set[str] | None]]:

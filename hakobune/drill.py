@@ -147,11 +147,13 @@ def _stage_read(world: DrillWorld) -> dict[str, Any]:
 
 def _stage_setup(world: DrillWorld) -> dict[str, Any]:
     from hakobune.drill_release import release_public_key_path
-    from hakobune.keys import load_recipient_public, write_key
+    from hakobune.drill_research import research_keys
+    from hakobune.keys import load_recipient_private, load_recipient_public, write_key
     from hakobune.provision import provision_local
 
     assert world.ssmix2 is not None
     release = load_recipient_public(release_public_key_path(world))
+    analysis_key, linkage_key = research_keys(world)
     journal = world.ssmix2.parent / "journal"
     local = provision_local(
         hospital=DRILL_HOSPITAL,
@@ -160,6 +162,8 @@ def _stage_setup(world: DrillWorld) -> dict[str, Any]:
         agent_home=world.agent_home,
         release=release,
         journal=journal if journal.is_dir() else None,
+        analysis=load_recipient_private(analysis_key).public,
+        linkage_key=linkage_key.read_bytes(),
     )
     rekeyed = load_recipient_public(local.agent.release_key).raw != release.raw
     if rekeyed:  # a world made before this ceremony: the agent seals to the new key and re-baselines
@@ -236,6 +240,7 @@ def _stage_receipts(world: DrillWorld) -> dict[str, Any]:
 def _stages() -> list[Stage]:
     from hakobune import drill_release as r
     from hakobune.drill_media import stage_disk
+    from hakobune.drill_research import stage_research
 
     return [
         ("hospital", _stage_hospital),
@@ -252,6 +257,7 @@ def _stages() -> list[Stage]:
         ("search", r.stage_search),
         ("export", r.stage_export),
         ("disk", stage_disk),
+        ("research", stage_research),
         ("audit", r.stage_audit),
     ]
 

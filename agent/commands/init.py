@@ -8,8 +8,10 @@ from pathlib import Path
 import typer
 
 from agent.home import home_option
+from agent.research import install_research_keys
 from agent.setup import init_agent
 from hakobune.console import console, print_json
+from hakobune.errors import ConfigError
 from hakobune.keys import check_suite, load_recipient_public, load_verify_key
 
 
@@ -29,6 +31,12 @@ def init(
     journal: Path | None = typer.Option(
         None, "--journal", help="Folder of the TR_*.DAT transaction journal."
     ),
+    analysis_key: Path | None = typer.Option(
+        None, "--analysis-key", help="The analysis center's public key: turns the research stream on."
+    ),
+    linkage_key: Path | None = typer.Option(
+        None, "--linkage-key", help="The network's linkage key (0600, from the network operator)."
+    ),
     suite: str = typer.Option(
         "mlkem768-x25519", "--suite", help="mlkem768-x25519 (default) or cryptrec-p256."
     ),
@@ -36,7 +44,10 @@ def init(
     home: Path = home_option(),
 ) -> None:
     """Create the agent's keys and configuration.  Prints the agent's public signing key and SSH key:
-    send both to the center operators for 'hakobune center enroll'."""
+    send both to the center operators for 'hakobune center enroll'.  With --analysis-key and
+    --linkage-key the de-identified research stream is on from the first sync."""
+    if (analysis_key is None) != (linkage_key is None):
+        raise ConfigError("--analysis-key and --linkage-key go together (the research stream needs both)")
     cfg, created = init_agent(
         home, hospital=hospital, ssmix2=ssmix2, center_url=center, journal=journal, suite=check_suite(suite)
     )
@@ -49,11 +60,15 @@ def init(
             shutil.copyfile(given, target)
     if known_hosts is not None and cfg.known_hosts is not None:
         shutil.copyfile(known_hosts, cfg.known_hosts)
+    research = None
+    if analysis_key is not None and linkage_key is not None:
+        research = install_research_keys(home, analysis_key=analysis_key, linkage_key=linkage_key)
     doc = {
         "home": str(home),
         "hospital": cfg.hospital,
         "agent_key": created.signing_public,
         "ssh_key": created.ssh_public,
+        "research": research.analysis_fingerprint if research else None,
     }
     if json_out:
         print_json(doc)
@@ -62,3 +77,5 @@ def init(
     console.print("send these to the center operators ('hakobune center enroll'):")
     console.print(f"  agent key: {created.signing_public}", soft_wrap=True)
     console.print(f"  ssh key:   {created.ssh_public}", soft_wrap=True)
+    if research is not None:
+        console.print(f"research stream on: sealed to analysis key {research.analysis_fingerprint}")

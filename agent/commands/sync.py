@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def run_once(
                 bar.update(task, rate=f"{done / max(time.perf_counter() - started, 1e-9):,.0f} patients/s")
 
             result = run_sync(cfg, db, on_progress=tick)
-        doc: dict[str, Any] = {"sync": result.__dict__, "ship": None}
+        doc: dict[str, Any] = {"sync": asdict(result), "ship": None}
         if ship_it:
             with connect(cfg) as transport:
                 shipped = ship(cfg, db, transport, wait=wait)
@@ -69,6 +70,16 @@ def _render(doc: dict[str, Any]) -> None:
         )
     else:
         console.print(f"nothing to send ({s['seconds']:.2f} s)")
+    r = s.get("research")
+    if r is not None and r["status"] == "sealed":
+        b = r["build"]
+        console.print(
+            f"sealed [bold]{r['name']}[/] ({r['kind']}, {r['size']:,} bytes, de-identified): "
+            f"{b['patients']:,} patients, {b['puts']:,} upserts, {b['dels']:,} deletions, "
+            f"{b['tombstones']:,} tombstones, {b['opted_out']:,} opted out of research"
+        )
+    elif r is not None:
+        console.print("research: nothing to send")
     if s["build"].get("quarantined"):
         console.print(
             f"[yellow]{s['build']['quarantined']:,} files quarantined[/]; see 'hakobune agent status'"
