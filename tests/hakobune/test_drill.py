@@ -41,7 +41,7 @@ def test_synthetic_drill_runs_every_stage_and_continues_incrementally(tmp_path: 
     assert read["quarantined"] == 0 and rep["quarantine"] == []
     assert read["records"]["patient"] == 60
     names = [s["name"] for s in rep["stages"]]
-    for stage in ("ceremony", "release", "unlock", "search", "export", "disk", "audit"):
+    for stage in ("ceremony", "release", "unlock", "search", "export", "disk", "research", "audit"):
         assert stage in names
     assert names.index("ceremony") < names.index("setup") < names.index("sync") < names.index("unlock")
     unlock = _stage(rep, "unlock")["figures"]
@@ -63,6 +63,11 @@ def test_synthetic_drill_runs_every_stage_and_continues_incrementally(tmp_path: 
         app, ["media", "verify", str(out / "disk"), "--center-key", str(out / "center/keys/center.pub")]
     )
     assert verified.exit_code == 0, verified.output
+    research = _stage(rep, "research")["figures"]
+    assert research["changesets"] == 1 and research["rows"]["patients"] > 0
+    released = out / research["released"]
+    assert released.parent.parent == out / "research" / "released"
+    assert {"table.csv", "table.html", "note.md"} <= {p.name for p in released.iterdir()}
 
     second = runner.invoke(app, args)
     assert second.exit_code == 0, second.output
@@ -74,6 +79,8 @@ def test_synthetic_drill_runs_every_stage_and_continues_incrementally(tmp_path: 
     assert consent["added"] == 0 and consent["unchanged"] == consent["rows"]
     assert _stage(rep2, "ceremony")["figures"]["new"] is False
     assert _stage(rep2, "unlock")["figures"]["sequence"] == _stage(rep, "unlock")["figures"]["sequence"] + 1
+    research2 = _stage(rep2, "research")["figures"]
+    assert research2["changesets"] == 1 and research2["study"] != research["study"]
 
 
 def test_drill_on_the_real_samples_lists_the_quarantined_files(tmp_path: Path, samples: Path) -> None:
