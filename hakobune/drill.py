@@ -196,6 +196,19 @@ def _stage_sync(world: DrillWorld) -> dict[str, Any]:
         },
         "uploaded": len(sh["uploaded"]),
         "seconds": s["seconds"],
+        "research": _research_figures(s.get("research")),
+    }
+
+
+def _research_figures(r: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The de-identified research changeset sealed by the same sync (None when research is off)."""
+    if r is None:
+        return None
+    return {
+        "status": r["status"],
+        "changeset": r["name"],
+        "bytes": r["size"],
+        **{k: r["build"].get(k, 0) for k in ("patients", "puts", "dels", "tombstones", "opted_out")},
     }
 
 

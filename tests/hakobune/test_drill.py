@@ -63,6 +63,9 @@ def test_synthetic_drill_runs_every_stage_and_continues_incrementally(tmp_path: 
         app, ["media", "verify", str(out / "disk"), "--center-key", str(out / "center/keys/center.pub")]
     )
     assert verified.exit_code == 0, verified.output
+    sealed = _stage(rep, "sync")["figures"]["research"]
+    assert sealed["status"] == "sealed" and sealed["changeset"].startswith("research-")
+    assert 0 < sealed["patients"] <= _stage(rep, "sync")["figures"]["patients"]
     research = _stage(rep, "research")["figures"]
     assert research["changesets"] == 1 and research["rows"]["patients"] > 0
     released = out / research["released"]
