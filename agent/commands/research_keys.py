@@ -33,7 +33,7 @@ def research_keys(
     home: Path = home_option(),
 ) -> None:
     """Turn the de-identified research stream on: install both keys into the agent home and add the
-    [research] section to agent.toml.  The next sync starts the research stream with a baseline."""
+    research section to agent.toml.  The next sync starts the research stream with a baseline."""
     if new_linkage_key is not None:
         generate_linkage_key(new_linkage_key)
         if json_out:
