@@ -4,7 +4,6 @@ scripts).  docs/media.md describes the disk."""
 
 from __future__ import annotations
 
-import getpass
 import os
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import typer
 from rich.panel import Panel
 
+from hakobune.commands.options import actor_option, audit_option
 from hakobune.console import console, err_console, print_json, progress
 from hakobune.errors import ConfigError, InputError
 from hakobune.keys import (
@@ -35,20 +35,10 @@ app = typer.Typer(
     no_args_is_help=True, help="Helicopter disks: write, verify and open encrypted portable media."
 )
 
-AUDIT_ENVVAR = "HAKOBUNE_AUDIT"
-
 
 @app.callback()
 def _media() -> None:
     """Helicopter disks: write, verify and open encrypted portable media."""
-
-
-def _audit_opt() -> Any:
-    return typer.Option(..., "--audit", envvar=AUDIT_ENVVAR, help=f"Audit log folder. Env: {AUDIT_ENVVAR}.")
-
-
-def _actor_opt() -> Any:
-    return typer.Option(getpass.getuser(), "--actor", help="Who runs this (recorded in the audit log).")
 
 
 def _center_key_opt() -> Any:
@@ -152,8 +142,8 @@ def write(
     as_of: str | None = typer.Option(None, "--as-of", help="Window end date (default: today)."),
     workers: int = typer.Option(0, "--workers", help="Processes building bundles (0 = one per core)."),
     now: str | None = typer.Option(None, "--now", hidden=True, help="Pretend it is this time (drills)."),
-    audit: Path = _audit_opt(),
-    actor: str = _actor_opt(),
+    audit: Path = audit_option(),
+    actor: str = actor_option(),
     json: bool = typer.Option(False, "--json", help="Print the figures (and the passphrase) as JSON."),
 ) -> None:
     """Write the released patients to an encrypted, signed disk (and print its passphrase once)."""
@@ -261,8 +251,8 @@ def open_(
         None, "--passphrase-file", help="Read the passphrase from this file instead of asking."
     ),
     center_key: str = _center_key_opt(),
-    audit: Path = _audit_opt(),
-    actor: str = _actor_opt(),
+    audit: Path = audit_option(),
+    actor: str = actor_option(),
     json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
     """Verify the disk, then decrypt it into OUT (refused, with nothing written, if anything fails)."""

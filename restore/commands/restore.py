@@ -9,7 +9,6 @@ counts and tokens, never names or IDs.
 
 from __future__ import annotations
 
-import getpass
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from hakobune.audit import AuditLog
 from hakobune.audit import record as audit_record
+from hakobune.commands.options import actor_option, audit_option
 from hakobune.console import console, err_console, print_json, progress
 from hakobune.custody import ShareInput, load_share, parse_mnemonic, read_passphrase_lines, share_file_header
 from hakobune.errors import ConfigError, HakobuneError, InputError
@@ -37,8 +37,6 @@ app = typer.Typer(
     no_args_is_help=True, help="Disaster base: unlock a released hospital, search patients, export FHIR."
 )
 
-AUDIT_ENVVAR = "HAKOBUNE_AUDIT"
-
 
 @app.callback()
 def _restore() -> None:
@@ -47,14 +45,6 @@ def _restore() -> None:
 
 def _folder_opt() -> Any:
     return typer.Option(..., "--restore", "-r", help="The restore folder (made by 'restore unlock').")
-
-
-def _audit_opt() -> Any:
-    return typer.Option(..., "--audit", envvar=AUDIT_ENVVAR, help=f"Audit log folder. Env: {AUDIT_ENVVAR}.")
-
-
-def _actor_opt() -> Any:
-    return typer.Option(getpass.getuser(), "--actor", help="Who runs this (recorded in the audit log).")
 
 
 def read_passphrases(path: Path | None) -> dict[str, str]:
@@ -254,8 +244,8 @@ def unlock(
     export: Path | None = typer.Option(None, "--export", help="Also write each bundle here as it is ready."),
     ndjson: Path | None = typer.Option(None, "--ndjson", help="Also write all bundles to this NDJSON file."),
     months: int = typer.Option(6, "--months", min=1, help="Medications and labs of the last N months."),
-    audit: Path = _audit_opt(),
-    actor: str = _actor_opt(),
+    audit: Path = audit_option(),
+    actor: str = actor_option(),
     now: str | None = typer.Option(None, "--now", hidden=True, help="Pretend it is this time (drills)."),
     workers: int = typer.Option(0, "--workers", help="Processes building bundles (0 = one per core)."),
     json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
@@ -311,8 +301,8 @@ def search(
     sex: str = typer.Option("", "--sex", help="M / F (男 / 女)."),
     address: str = typer.Option("", "--address", help="Address, or part of it."),
     limit: int = typer.Option(10, "--limit", min=1, max=100),
-    audit: Path = _audit_opt(),
-    actor: str = _actor_opt(),
+    audit: Path = audit_option(),
+    actor: str = actor_option(),
     json: bool = typer.Option(False, "--json", help="Print candidates as JSON."),
 ) -> None:
     """Find a patient: ranked candidates with a score and the reasons.  A clinician confirms the match."""
@@ -423,8 +413,8 @@ def export(
     patient: list[str] = typer.Option([], "--patient", help="Only these patient IDs. Repeat."),
     months: int = typer.Option(6, "--months", min=1, help="Medications and labs of the last N months."),
     as_of: str | None = typer.Option(None, "--as-of", help="Window end date (default: today)."),
-    audit: Path = _audit_opt(),
-    actor: str = _actor_opt(),
+    audit: Path = audit_option(),
+    actor: str = actor_option(),
     workers: int = typer.Option(0, "--workers", help="Processes building bundles (0 = one per core)."),
     json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
 ) -> None:
