@@ -68,7 +68,7 @@ class ResearchDB:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             conn = duckdb.connect(str(path))
         except (OSError, duckdb.Error) as e:
-            raise InputError(str(path), f"cannot open as a research database ({_first_line(e)})") from None
+            raise InputError(str(path), f"cannot open as a research database ({first_line(e)})") from None
         try:
             version = _schema_version(conn)
             if version is not None and version > SCHEMA_VERSION:
@@ -86,7 +86,7 @@ class ResearchDB:
                 conn.execute(ddl)
         except duckdb.Error as e:
             conn.close()
-            raise InputError(str(path), f"not a usable research database ({_first_line(e)})") from None
+            raise InputError(str(path), f"not a usable research database ({first_line(e)})") from None
         except BaseException:
             conn.close()
             raise
@@ -156,5 +156,6 @@ def _sql_path(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """A database error as one line for an operator (DuckDB's messages run over several)."""
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

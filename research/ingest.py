@@ -41,7 +41,7 @@ from hakobune.errors import InputError
 from hakobune.keys import RecipientPrivateKey, VerifyKey, load_verify_key
 from hakobune.naming import Stream, check_hospital_id
 from hakobune.sealed import SealedFile, open_changeset
-from research.database import ResearchDB
+from research.database import ResearchDB, first_line
 from restore.chain import plan_chain
 
 STREAM: Stream = "research"
@@ -306,7 +306,7 @@ def apply_changeset(
         conn.commit()
     except duckdb.Error as e:
         conn.rollback()
-        raise InputError(str(path), f"cannot be applied ({_first_line(e)})") from None
+        raise InputError(str(path), f"cannot be applied ({first_line(e)})") from None
     except BaseException:
         conn.rollback()
         raise
@@ -481,7 +481,3 @@ def _rebuild_patients(conn: duckdb.DuckDBPyConnection, source: str, pids: set[st
         "(PARTITION BY pid ORDER BY care_date = '-' DESC, care_date DESC, rkey DESC) = 1",
         params,
     )
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
