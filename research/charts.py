@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 
 from matplotlib import font_manager
 from matplotlib import pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from research.release import SUPPRESSED, OutputTable
 
@@ -126,16 +128,9 @@ def _bars(table: OutputTable, column: str, label: str, title: str, directory: Pa
             vals.append(p.value)
         ax.bar(pos, vals, width=width, label=s or None)
     ax.set_xticks(range(len(xs)), xs, rotation=45, ha="right")
-    ax.set_xlabel(table.dims[0].title)
     ax.set_ylabel(label)
     ax.set_title(f"{title}\n{label}（{SUPPRESSED}: 秘匿）", fontsize=11)
-    if any(ss):
-        ax.legend(title=table.dims[1].title if len(table.dims) > 1 else None)
-    fig.tight_layout()
-    name = f"chart_{column}.png"
-    fig.savefig(directory / name, dpi=110)
-    plt.close(fig)
-    return name
+    return _save(fig, ax, table, ss, directory / f"chart_{column}.png")
 
 
 def _boxes(table: OutputTable, column: str, label: str, title: str, directory: Path) -> str:
@@ -158,13 +153,17 @@ def _boxes(table: OutputTable, column: str, label: str, title: str, directory: P
         ax.errorbar(pos, med, yerr=[err_lo, err_hi], fmt="o", capsize=3, label=s or None)
     ax.set_xticks(range(len(xs)), xs, rotation=45, ha="right")
     ax.set_xlim(-0.6, len(xs) - 0.4)
-    ax.set_xlabel(table.dims[0].title)
     ax.set_ylabel(f"{label}（中央値と四分位範囲）")
     ax.set_title(f"{title}\n{label}（10 人未満・秘匿の群は表示しない）", fontsize=11)
+    return _save(fig, ax, table, ss, directory / f"chart_{column.removesuffix('_median')}.png")
+
+
+def _save(fig: Figure, ax: Axes, table: OutputTable, ss: list[str], path: Path) -> str:
+    """What every chart ends with: the first dimension on the x axis, a legend for the second, the file."""
+    ax.set_xlabel(table.dims[0].title)
     if any(ss):
         ax.legend(title=table.dims[1].title if len(table.dims) > 1 else None)
     fig.tight_layout()
-    name = f"chart_{column.removesuffix('_median')}.png"
-    fig.savefig(directory / name, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return name
+    return path.name
