@@ -6,8 +6,8 @@ One database, reached by URL: SQLite (``sqlite:///HOME/catalog.db``) is the embe
 The schema is owned by Alembic (``center/migrations``); :meth:`Catalog.open` upgrades the database to the
 newest revision every time it opens one, so there is no separate migration step.  See ``docs/catalog.md``.
 
-Beside it, two bookkeeping tables (``bookkeeping``: what a mirror center confirmed, the latest scrub of
-each hospital) feed ``center replicate`` and ``center status``.
+Beside them, two bookkeeping tables (``mirror_acks``: what a mirror center confirmed; ``scrubs``: the
+latest scrub of each hospital) feed ``center replicate`` and ``center status``.
 
 The :class:`~sqlalchemy.Table` objects below describe the schema *as the code reads it*; the migrations
 create it.  ``tests/center/test_catalog.py`` compares the two, so changing a table means adding a migration
@@ -306,19 +306,15 @@ rejections_table = Table(
 )
 
 
-#: Bookkeeping beside the catalog proper (same database, same migrations): what a mirror center confirmed
-#: and the latest scrub of each hospital.  It can be rebuilt (``center replicate --recheck``, the next
-#: ``center verify``), so it is described by a MetaData of its own: what moving a catalog must carry stays
-#: ``metadata``.  Its foreign keys point at ``hospitals`` through the column object.
-bookkeeping = MetaData(naming_convention={"pk": "pk_%(table_name)s"})
-
+#: Bookkeeping beside the catalog proper: what a mirror center confirmed and the latest scrub of each
+#: hospital.  Both can be rebuilt (``center replicate --recheck``, the next ``center verify``).
 mirror_acks_table = Table(
     "mirror_acks",
-    bookkeeping,
+    metadata,
     Column(
         "hospital_id",
         String(32),
-        ForeignKey(hospitals_table.c.id, name="fk_mirror_acks_hospital"),
+        ForeignKey("hospitals.id", name="fk_mirror_acks_hospital"),
         primary_key=True,
     ),
     Column("stream", String(16), primary_key=True),
@@ -333,11 +329,11 @@ mirror_acks_table = Table(
 
 scrubs_table = Table(
     "scrubs",
-    bookkeeping,
+    metadata,
     Column(
         "hospital_id",
         String(32),
-        ForeignKey(hospitals_table.c.id, name="fk_scrubs_hospital"),
+        ForeignKey("hospitals.id", name="fk_scrubs_hospital"),
         primary_key=True,
     ),
     Column("checked_at", UTCDateTime, nullable=False),

@@ -11,13 +11,13 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from center.catalog import bookkeeping, metadata
+from center.catalog import metadata
 
 
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=[metadata, bookkeeping],
+        target_metadata=metadata,
         # SQLite alters a table by copying it; "batch" mode writes future migrations that way.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,

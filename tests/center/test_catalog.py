@@ -38,7 +38,7 @@ KEY_A = bytes(range(32))
 KEY_B = bytes(range(32, 64))
 SSH = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 hkb-agent"
 A, B = "1310000012", "Tokyo-01"
-CATALOG_TABLES = {"hospitals", "changesets", "waiting", "tombstones", "rejections"}
+CATALOG_TABLES = {"hospitals", "changesets", "waiting", "tombstones", "rejections", "mirror_acks", "scrubs"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 import agent.transport.file as file_transport
 from agent.commands.sync import run_once
-from center.catalog import MIGRATIONS, Catalog, ChangesetRow, bookkeeping
+from center.catalog import MIGRATIONS, Catalog, ChangesetRow, metadata
 from center.config import CenterConfig, load_center_config, mirror_config
 from center.enroll import enroll, init_center
 from center.ingest import ingest_all
@@ -475,11 +475,11 @@ def test_migration_0002_upgrades_a_0001_catalog_in_place(empty_catalog: str) -> 
         c.record_scrub(ScrubRow("H1", datetime.now(UTC), 3, 300, 2, 1, "store/H1/x: missing"))
         with c.engine.connect() as conn:
 
-            def ours(name: str | None, type_: str, _parent: object) -> bool:
-                return type_ != "table" or name in MINE
+            def ours(_obj: object, name: str | None, type_: str, _reflected: bool, _other: object) -> bool:
+                return type_ != "table" or name in MINE  # these tables on both sides, nothing else
 
-            ctx = MigrationContext.configure(conn, opts={"include_name": ours, "compare_type": True})
-            assert compare_metadata(ctx, bookkeeping) == []
+            ctx = MigrationContext.configure(conn, opts={"include_object": ours, "compare_type": True})
+            assert compare_metadata(ctx, metadata) == []
         [ack] = c.mirror_acks("ab" * 16).values()
         assert (ack.sequence, ack.sent, ack.last_error) == (3, 4, "x")
         assert c.scrubs()["H1"].left == 1
