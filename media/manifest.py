@@ -3,7 +3,7 @@ volume; docs/media.md has the fields and a worked example).
 
 ``manifest.json`` is canonical JSON (keys sorted, no whitespace, UTF-8): what the disk is (disk id, order,
 hospital, recipient, creation time), how its key is wrapped (to the recipient's public key and to the
-passphrase), its logical files (plaintext size and SHA-256, segment size, parts) and every file of every
+passphrase), its logical files (plaintext size, segment size, parts) and every file of every
 volume with its size and SHA-256 (BagIt-style), except ``manifest.json`` and ``manifest.sig`` themselves.
 
 ``manifest.sig`` is canonical JSON ``{"alg": "Ed25519", "key_fingerprint", "signature"}``: the center's
@@ -75,11 +75,12 @@ class PartEntry:
 
 @dataclass(frozen=True)
 class LogicalFile:
-    """A file as ``media open`` rebuilds it: the plaintext's size and SHA-256, and its sealed parts."""
+    """A file as ``media open`` rebuilds it: the plaintext's size and its sealed parts.  (No plaintext
+    hash: the parts' hashes are signed, and every segment of the stream is authenticated, in order, up to
+    the flagged last one, so the plaintext is as the writer sealed it or it does not decrypt.)"""
 
     name: str
     size: int
-    sha256: str
     segment_size: int
     parts: tuple[PartEntry, ...]
 
@@ -88,7 +89,6 @@ class LogicalFile:
             "name": self.name,
             "media_type": "application/fhir+ndjson",
             "size": self.size,
-            "sha256": self.sha256,
             "encryption": {"scheme": STREAM_SCHEME, "segment_size": self.segment_size},
             "parts": [p.doc() for p in self.parts],
         }
@@ -147,7 +147,6 @@ class Manifest:
             LogicalFile(
                 f["name"],
                 f["size"],
-                f["sha256"],
                 f["encryption"]["segment_size"],
                 tuple(PartEntry(p["path"], p["volume"], p["size"], p["sha256"]) for p in f["parts"]),
             )
@@ -312,9 +311,8 @@ def _check(doc: Any) -> None:
     if not isinstance(files, list) or [f.get("name") for f in files if isinstance(f, dict)] != [PAYLOAD_NAME]:
         raise ValueError(f"files: expected exactly one logical file {PAYLOAD_NAME}")
     for f in files:
-        fd = _dict(f, "files[]", {"name", "size", "sha256", "encryption", "parts"})
+        fd = _dict(f, "files[]", {"name", "size", "encryption", "parts"})
         _int(fd["size"], "files[].size")
-        _sha(fd["sha256"], "files[].sha256")
         enc = _dict(fd["encryption"], "files[].encryption", {"scheme", "segment_size"})
         if enc["scheme"] != STREAM_SCHEME:
             raise ValueError("files[].encryption: unknown scheme")

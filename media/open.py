@@ -4,13 +4,13 @@ Nothing is decrypted from a disk that does not verify completely (:func:`media.v
 disk key is then unwrapped with the recipient hospital's private key or with the passphrase; a wrong one
 is one clear line and nothing is written.  The payload is decrypted streaming, part after part, into a
 temporary folder beside ``OUT``: ``bundles.ndjson`` (as it was written) and ``fhir/<patient-id>.json``
-(one document Bundle per patient, named by the Patient's identifier).  The plaintext's size, SHA-256 and
-number of bundles must match the manifest; only then is the folder renamed to ``OUT``.
+(one document Bundle per patient, named by the Patient's identifier).  Every segment must authenticate,
+in order, ending with the last one (:mod:`media.stream`), and the plaintext's size and number of bundles
+must match the manifest; only then is the folder renamed to ``OUT``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
@@ -168,15 +168,13 @@ def _decrypt(
     view = memoryview(buf)
     for lf in manifest.logical_files:
         dec = StreamDecryptor(subkey(disk_key, manifest.disk_id, f"file {lf.name}"), lf.name, lf.segment_size)
-        h = hashlib.sha256()
         size = 0
         with open(tmp / lf.name, "xb") as out:
 
-            def take(plain: bytes, out: Any = out, h: Any = h) -> None:
+            def take(plain: bytes, out: Any = out) -> None:
                 nonlocal size
                 if plain:
                     out.write(plain)
-                    h.update(plain)
                     size += len(plain)
                     bundles.feed(plain)
 
@@ -188,8 +186,8 @@ def _decrypt(
             take(dec.finish())
             out.flush()
             os.fsync(out.fileno())
-        if size != lf.size or h.hexdigest() != lf.sha256:
-            raise StreamError(f"{lf.name}: the decrypted file does not match the manifest's size and SHA-256")
+        if size != lf.size:
+            raise StreamError(f"{lf.name}: {size} bytes decrypted, the manifest says {lf.size}")
     bundles.finish()
     return bundles.count, bundles.unnamed
 

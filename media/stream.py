@@ -14,7 +14,8 @@ of plaintext, so a reader finds segment boundaries without any framing.  Because
 last-segment flag are in the nonce, moving, dropping, repeating or swapping segments (or whole parts of
 the file), truncating the stream at a segment boundary, or appending to it all make some segment fail to
 authenticate; the logical name in the key and the associated data keeps a file from passing for
-another.  Segments are independent, so the writer seals them in parallel threads.
+another.  Segments are independent: the writer seals them in a thread of their own, beside the one that
+cuts the plaintext and the one that hashes and writes the ciphertext.
 """
 
 from __future__ import annotations
@@ -71,10 +72,23 @@ class SegmentSealer:
         self._aead = AESGCM(key)
         self._aad = stream_aad(name)
 
-    def seal(self, index: int, plaintext: bytes | memoryview, last: bool) -> bytes:
+    def _check_plaintext(self, plaintext: bytes | bytearray | memoryview, last: bool) -> None:
         if len(plaintext) > self.segment_size or (not last and len(plaintext) != self.segment_size):
             raise ValueError("only the last segment may be shorter than the segment size")
+
+    def seal(self, index: int, plaintext: bytes | memoryview, last: bool) -> bytes:
+        self._check_plaintext(plaintext, last)
         return self._aead.encrypt(segment_nonce(index, last), plaintext, self._aad)
+
+    def seal_into(
+        self, index: int, plaintext: bytes | bytearray | memoryview, out: bytearray | memoryview, last: bool
+    ) -> None:
+        """:meth:`seal` into ``out`` (exactly ``len(plaintext) + TAG_BYTES`` bytes): no new buffer, and
+        unlike ``encrypt``, ``encrypt_into`` releases the GIL while it works (the disk writer's thread)."""
+        self._check_plaintext(plaintext, last)
+        if len(out) != len(plaintext) + TAG_BYTES:
+            raise ValueError("the output buffer must be the segment's size plus the tag")
+        self._aead.encrypt_into(segment_nonce(index, last), plaintext, self._aad, out)
 
     def open(self, index: int, ciphertext: bytes, last: bool) -> bytes:
         if len(ciphertext) < TAG_BYTES or len(ciphertext) > self.segment_size + TAG_BYTES:
@@ -92,7 +106,7 @@ class SegmentSealer:
 
 class StreamEncryptor:
     """Sequential sealing: :meth:`update` returns the ciphertext of every segment known not to be the
-    last, :meth:`finish` the last one.  (The disk writer does the same cut with sealing in threads.)"""
+    last, :meth:`finish` the last one.  (The disk writer makes the same cut with sealing in a thread.)"""
 
     def __init__(self, key: bytes, name: str, segment_size: int = SEGMENT_SIZE) -> None:
         self._sealer = SegmentSealer(key, name, segment_size)

@@ -27,8 +27,11 @@ import mmap
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, replace
+from io import FileIO
 from pathlib import Path
 
 from hakobune.errors import ConfigError, InputError
@@ -98,19 +101,25 @@ class Part:
     sha256: str
 
 
-#: Writes go out in blocks of this size, aligned for O_DIRECT.
+#: Writes go out in blocks of this size, aligned for O_DIRECT, from this many buffers (one being filled,
+#: the others on their way to the disk).
 WRITE_BUFFER = 4 << 20
+WRITE_BUFFERS = 3
 _BLOCK = 4096
 
 
 class AlignedWriter:
-    """A new file written in large block-aligned pieces from a page-aligned buffer, with ``O_DIRECT``
+    """A new file written in large block-aligned pieces from page-aligned buffers, with ``O_DIRECT``
     where the file system allows it (ext4, XFS, vfat and exFAT do; tmpfs does not): the ciphertext then
     goes from our buffer to the disk without a copy into the page cache, which on a virtual machine costs
     more CPU than sealing it, and the cache is not flooded with a disk's worth of data nobody will read
-    here.  The unaligned tail is written with ``O_DIRECT`` cleared.  ``close`` fsyncs."""
+    here.  A direct write returns only when the disk has the data, so full buffers are written by the
+    ``io`` thread while the next one fills.  The unaligned tail is written with ``O_DIRECT`` cleared.
+    ``close`` fsyncs."""
 
-    def __init__(self, path: Path, buffer: mmap.mmap, *, direct: bool = True) -> None:
+    def __init__(
+        self, path: Path, buffers: list[mmap.mmap], io: ThreadPoolExecutor, *, direct: bool = True
+    ) -> None:
         self.direct = False
         fd = -1
         if direct and hasattr(os, "O_DIRECT"):
@@ -123,37 +132,60 @@ class AlignedWriter:
         if fd < 0:  # (a file system without O_DIRECT may have created the file before refusing)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.fd = fd
-        self._buf = buffer
+        self._bufs = buffers
+        self._io = io
+        self._writing: list[Future[None] | None] = [None] * len(buffers)
+        self._cur = 0
         self._fill = 0
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        size = len(self._buf)
+        size = len(self._bufs[0])
         while view:
+            buf = self._bufs[self._cur]
             n = min(len(view), size - self._fill)
-            self._buf[self._fill : self._fill + n] = view[:n]
+            buf[self._fill : self._fill + n] = view[:n]
             self._fill += n
             view = view[n:]
             if self._fill == size:
-                self._flush(0, size)
+                self._writing[self._cur] = self._io.submit(self._flush, buf, 0, size)
+                self._cur = (self._cur + 1) % len(self._bufs)
                 self._fill = 0
+                pending, self._writing[self._cur] = self._writing[self._cur], None
+                if pending is not None:  # that buffer is still on its way to the disk
+                    pending.result()
 
-    def _flush(self, start: int, end: int) -> None:
-        with memoryview(self._buf) as whole:
+    def _flush(self, buf: mmap.mmap, start: int, end: int) -> None:
+        with memoryview(buf) as whole:
             view = whole[start:end]
             done = 0
             while done < len(view):
                 done += os.write(self.fd, view[done:])
             view.release()
 
+    def _drain(self) -> BaseException | None:
+        """Wait for every write in flight; the first error one of them raised."""
+        error: BaseException | None = None
+        for i, pending in enumerate(self._writing):
+            self._writing[i] = None
+            if pending is not None:
+                try:
+                    pending.result()
+                except BaseException as e:
+                    error = error or e
+        return error
+
     def close(self) -> None:
+        if (error := self._drain()) is not None:
+            raise error
+        buf = self._bufs[self._cur]
         aligned = self._fill - self._fill % _BLOCK
         if aligned:
-            self._flush(0, aligned)
+            self._flush(buf, 0, aligned)
         if aligned < self._fill:
             if self.direct:
                 fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-            self._flush(aligned, self._fill)
+            self._flush(buf, aligned, self._fill)
         self._fill = 0
         os.fsync(self.fd)
         os.close(self.fd)
@@ -161,6 +193,7 @@ class AlignedWriter:
 
     def abort(self) -> None:
         if self.fd >= 0:
+            self._drain()  # no write may still use the descriptor once it is closed (errors: moot)
             os.close(self.fd)
             self.fd = -1
 
@@ -169,14 +202,15 @@ class PartWriter:
     """Writes a byte stream (the sealed payload) into parts of at most ``part_size`` bytes, filling one
     volume's payload room (``volume_room``) before starting the next.  A part is written under a
     temporary name, fsynced when full and renamed; its SHA-256 is computed as it is written.  Called
-    from one thread at a time."""
+    from one thread at a time; :meth:`close` or :meth:`abort` ends its writing thread."""
 
     def __init__(
         self, layout: Layout, logical: str, *, part_size: int, volume_room: int | None, direct: bool = True
     ) -> None:
         self.layout = layout
         self.direct = direct
-        self._buffer = mmap.mmap(-1, WRITE_BUFFER)
+        self._buffers = [mmap.mmap(-1, WRITE_BUFFER) for _ in range(WRITE_BUFFERS)]
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="media-io")
         self.logical = logical
         self.part_size = part_size
         self.volume_room = volume_room
@@ -203,7 +237,7 @@ class PartWriter:
         data.mkdir(parents=True, exist_ok=True)
         final = root / part_name(self.logical, index)
         self._tmp = final.with_name(f".{final.name}.tmp")
-        self._file = AlignedWriter(self._tmp, self._buffer, direct=self.direct)
+        self._file = AlignedWriter(self._tmp, self._buffers, self._io, direct=self.direct)
         self._hash = hashlib.sha256()
         self._size = 0
         self._limit = limit
@@ -219,7 +253,7 @@ class PartWriter:
         self.parts.append(Part(index, self._volume, path, self._size, self._hash.hexdigest()))
         self._used[self._volume] = self._used.get(self._volume, 0) + self._size
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             if self._file is None:
@@ -237,6 +271,7 @@ class PartWriter:
         """Finish the last part; every part, in order."""
         if self._file is not None:
             self._close_current()
+        self._io.shutdown()
         return list(self.parts)
 
     def abort(self) -> None:
@@ -245,6 +280,7 @@ class PartWriter:
             self._file = None
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
+        self._io.shutdown(cancel_futures=True)
 
 
 def move_part(layout: Layout, part: Part, volume: int) -> Part:
@@ -271,18 +307,40 @@ def file_sha256(
     path: Path, buffer: bytearray | None = None, on_bytes: Callable[[int], None] | None = None
 ) -> tuple[int, str]:
     """Size and SHA-256 of a file, read in pieces of ``buffer``'s size (4 MiB by default);
-    ``on_bytes(n)`` after each piece."""
+    ``on_bytes(n)`` after each piece.  A file larger than two pieces is read ahead by a second thread
+    into a second buffer while this one hashes (both release the GIL): the time is that of the slower."""
     buf = buffer if buffer is not None else bytearray(4 << 20)
-    view = memoryview(buf)
     h = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(view):
-            h.update(view[:n])
-            size += n
-            if on_bytes is not None:
-                on_bytes(n)
+        if os.fstat(f.fileno()).st_size <= 2 * len(buf):
+            reading = _read_pieces(f, memoryview(buf))
+        else:
+            reading = _read_ahead(f, [memoryview(buf), memoryview(bytearray(len(buf)))])
+        with closing(reading) as pieces:  # (a read in flight ends before the file closes)
+            for piece in pieces:
+                h.update(piece)
+                size += len(piece)
+                if on_bytes is not None:
+                    on_bytes(len(piece))
     return size, h.hexdigest()
+
+
+def _read_pieces(f: FileIO, view: memoryview) -> Generator[memoryview]:
+    while n := f.readinto(view):
+        yield view[:n]
+
+
+def _read_ahead(f: FileIO, views: list[memoryview]) -> Generator[memoryview]:
+    """The file's pieces, each read (by a thread) while the one before is being used."""
+    with ThreadPoolExecutor(1, thread_name_prefix="media-read") as reader:
+        i = 0
+        pending = reader.submit(f.readinto, views[i])
+        while n := pending.result():
+            piece = views[i][:n]
+            i ^= 1
+            pending = reader.submit(f.readinto, views[i])
+            yield piece
 
 
 def sha256_lines(entries: list[tuple[str, str]]) -> bytes:

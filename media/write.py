@@ -1,10 +1,11 @@
 """``media write``: stream a release onto a helicopter disk.
 
 :class:`DiskWriter` takes bundles one at a time (``add``), so memory stays bounded however large the
-release: each bundle becomes a line of the plaintext ``bundles.ndjson``, which is cut into segments;
-segments are hashed (plaintext SHA-256), sealed (:mod:`media.stream`, in threads: AES-GCM releases the
-GIL) and written into parts with their own SHA-256, all in flight at once with a bounded queue.  The
-offline viewer (:mod:`media.viewer`) gets each bundle too and writes its files on volume 1.
+release: each bundle becomes a line of the plaintext ``bundles.ndjson``, copied once into a segment
+buffer; full segments are sealed (:mod:`media.stream`) in one thread and hashed and written into parts
+(:mod:`media.volumes`) in another, a few segments in flight (the GIL is released while sealing, hashing
+and writing, so the caller and both threads use the cores).  The offline viewer (:mod:`media.viewer`)
+gets each bundle too and writes its files on volume 1.
 
 :meth:`DiskWriter.finish` closes the payload, places parts so that every volume fits ``--max-volume``
 (moving the last parts of an over-full volume 1 to later volumes once the viewer's size is known), writes
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import mmap
 import os
 import secrets
 import shutil
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ from media.manifest import (
     check_path,
     sign,
 )
-from media.stream import SEGMENT_SIZE, SegmentSealer, check_segment_size
+from media.stream import SEGMENT_SIZE, TAG_BYTES, SegmentSealer, check_segment_size
 from media.volumes import (
     BAG_MANIFEST,
     BAGIT,
@@ -88,10 +89,9 @@ from restore.database import RestoreDB
 from restore.fhir import ExportWindow
 from restore.orders import ReleaseOrder, load_order, validate_order
 
-#: Segments handed between threads at once, and batches in flight between cutting, sealing and writing
-#: (each holds its plaintext and ciphertext: about 3 × 2 × 4 MiB with 1 MiB segments).
-BATCH = 4
-PIPELINE_DEPTH = 3
+#: Segments in flight between cutting, sealing and writing (each holds its plaintext and its ciphertext:
+#: about 4 × 2 MiB with 1 MiB segments).
+DEPTH = 4
 
 
 class Viewer(Protocol):
@@ -162,92 +162,103 @@ def new_disk_id() -> str:
 
 
 class _SealPipeline:
-    """Cut a byte stream into segments and seal them with bounded memory, using the cores: batches of
-    :data:`BATCH` segments are hashed (plaintext SHA-256, one thread, in order), sealed (a pool; AES-GCM
-    releases the GIL) and handed to ``sink`` segment by segment (one thread, in order).  Batches keep the
-    hand-offs between threads few; at most :data:`PIPELINE_DEPTH` batches are in flight."""
+    """Cut a byte stream into segments and seal them with bounded memory, on both cores: the caller's bytes
+    are copied once, into a segment buffer; a sealing thread encrypts each segment into a ciphertext buffer
+    (``encrypt_into`` releases the GIL) and a writing thread hands it to ``sink``, in order (the parts
+    writer hashes and writes it, which release the GIL too).  A segment is sealed once more bytes follow
+    it (or at :meth:`finish`, as the last one).  :data:`DEPTH` segments in flight, each with its two
+    buffers; ``sink`` must be done with its argument when it returns (the buffer is reused)."""
 
-    def __init__(self, sealer: SegmentSealer, sink: Callable[[bytes], None], *, threads: int = 2) -> None:
+    def __init__(
+        self, sealer: SegmentSealer, sink: Callable[[memoryview], None], *, depth: int = DEPTH
+    ) -> None:
         self._sealer = sealer
         self._sink = sink
-        self._seg = sealer.segment_size
-        self._batch = BATCH * self._seg
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._seg = seg = sealer.segment_size
+        self._slots = [(bytearray(seg), bytearray(seg + TAG_BYTES)) for _ in range(max(2, depth))]
+        self._busy: list[Future[None] | None] = [None] * len(self._slots)
+        self._slot = 0
+        self._plain = self._slots[0][0]
+        self._fill = 0
         self._index = 0
-        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="media-hash")
-        self._sealers = ThreadPoolExecutor(max(1, threads), thread_name_prefix="media-seal")
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="media-write")
-        self._hashed: deque[Future[None]] = deque()
-        self._written: deque[Future[None]] = deque()
+        self.size = 0
+        self._sealing = ThreadPoolExecutor(1, thread_name_prefix="media-seal")
+        self._writing = ThreadPoolExecutor(1, thread_name_prefix="media-write")
 
-    def write(self, data: bytes) -> None:
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size > self._batch:  # strictly more: the batch is not the end of the stream
-            self._cut()
+    def write(self, data: bytes | bytearray | memoryview | mmap.mmap) -> None:
+        n, fill = len(data), self._fill
+        if fill + n <= self._seg:  # the common case: a bundle fits in the current segment
+            self._plain[fill : fill + n] = data
+            self._fill = fill + n
+            self.size += n
+            return
+        view = memoryview(data)
+        while view:
+            if self._fill == self._seg:  # full, and more follows: not the last segment
+                self._emit(last=False)
+            take = min(self._seg - self._fill, len(view))
+            self._plain[self._fill : self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+        self.size += n
 
-    def _cut(self) -> None:
-        """Join what is pending (the one copy of the plaintext) and emit every batch known not to hold
-        the last segment as a view of it; keep the rest pending."""
-        joined = b"".join(self._pending)
-        view = memoryview(joined)
-        batch, start = self._batch, 0
-        while len(joined) - start > batch:
-            self._emit(view[start : start + batch], final=False)
-            start += batch
-        rest = joined[start:]
-        self._pending, self._pending_size = [rest], len(rest)
+    def line(self, data: bytes) -> None:
+        """``data`` and a newline (one bundle of the NDJSON payload)."""
+        n, fill = len(data), self._fill
+        if fill + n < self._seg:
+            plain = self._plain
+            plain[fill : fill + n] = data
+            plain[fill + n] = 10  # b"\n"
+            self._fill = fill + n + 1
+            self.size += n + 1
+        else:
+            self.write(data)
+            self.write(b"\n")
 
-    def _emit(self, chunk: bytes | memoryview, *, final: bool) -> None:
-        """Whole segments (``final``: the end of the stream, whose last segment may be short or empty)."""
-        seg = self._seg
-        count = max(1, -(-len(chunk) // seg)) if final else len(chunk) // seg
-        self.size += len(chunk)
-        self._hashed.append(self._hasher.submit(self._hash.update, chunk))
-        sealed = self._sealers.submit(self._seal_batch, self._index, count, chunk, final)
-        self._written.append(self._writer.submit(self._store, sealed))
-        self._index += count
-        while len(self._written) > PIPELINE_DEPTH:
-            self._written.popleft().result()
-        while len(self._hashed) > PIPELINE_DEPTH:
-            self._hashed.popleft().result()
+    def _emit(self, *, last: bool) -> None:
+        """Seal and write the current segment in the threads; move to the next slot once it is free."""
+        slot, size = self._slot, self._fill
+        plain, sealed = self._slots[slot]
+        sealing = self._sealing.submit(
+            self._sealer.seal_into,
+            self._index,
+            memoryview(plain)[:size],
+            memoryview(sealed)[: size + TAG_BYTES],
+            last,
+        )
+        self._busy[slot] = self._writing.submit(self._store, sealing, memoryview(sealed)[: size + TAG_BYTES])
+        self._index += 1
+        self._slot = slot = (slot + 1) % len(self._slots)
+        self._wait(slot)
+        self._plain, self._fill = self._slots[slot][0], 0
 
-    def _seal_batch(self, first: int, count: int, chunk: bytes | memoryview, final: bool) -> list[bytes]:
-        seg = self._seg
-        return [
-            self._sealer.seal(first + i, chunk[i * seg : (i + 1) * seg], final and i == count - 1)
-            for i in range(count)
-        ]
+    def _store(self, sealing: Future[None], ciphertext: memoryview) -> None:
+        sealing.result()
+        self._sink(ciphertext)
 
-    def _store(self, sealed: Future[list[bytes]]) -> None:
-        for ciphertext in sealed.result():
-            self._sink(ciphertext)
+    def _wait(self, slot: int) -> None:
+        """Until ``slot``'s segment is written (raising what sealing or writing it raised)."""
+        pending, self._busy[slot] = self._busy[slot], None
+        if pending is not None:
+            pending.result()
 
-    def finish(self) -> str:
-        """Seal the rest (ending with the last segment), wait for everything; the plaintext's SHA-256."""
-        rest = b"".join(self._pending)
-        self._pending, self._pending_size = [], 0
-        self._emit(rest, final=True)
+    def finish(self) -> int:
+        """Seal the rest as the last segment (possibly empty), wait for everything; the plaintext size."""
         try:
-            while self._written:
-                self._written.popleft().result()
-            while self._hashed:
-                self._hashed.popleft().result()
+            self._emit(last=True)
+            for i in range(len(self._slots)):
+                self._wait((self._slot + i) % len(self._slots))
         finally:
             self._shutdown()
-        return self._hash.hexdigest()
+        return self.size
 
     def _shutdown(self) -> None:
-        for pool in (self._hasher, self._sealers, self._writer):
+        for pool in (self._sealing, self._writing):
             pool.shutdown(wait=True, cancel_futures=True)
 
     def abort(self) -> None:
         self._shutdown()
-        self._written.clear()
-        self._hashed.clear()
+        self._busy = [None] * len(self._slots)
 
 
 def _write_small(path: Path, data: bytes) -> None:
@@ -264,9 +275,10 @@ def _sha(data: bytes) -> str:
 
 
 class DiskWriter:
-    """Writes one disk into ``out`` (a new or empty folder).  ``add`` each patient's bundle in order, then
-    :meth:`finish`; :meth:`abort` removes everything written.  ``viewer`` makes the offline viewer's
-    writer for the volume-1 root (None: no viewer)."""
+    """Writes one disk into ``out`` (a new or empty folder).  ``add`` each patient's bundle in order (or,
+    without the viewer, ``add_ndjson`` bundles already in NDJSON), then :meth:`finish`; :meth:`abort`
+    removes everything written.  ``viewer`` makes the offline viewer's writer for the volume-1 root
+    (None: no viewer)."""
 
     def __init__(
         self,
@@ -278,7 +290,6 @@ class DiskWriter:
         part_size: int = DEFAULT_PART_SIZE,
         segment_size: int = SEGMENT_SIZE,
         viewer: Callable[[Path], Viewer] | None = None,
-        threads: int = 2,
         direct: bool = True,
     ) -> None:
         if not MIN_PART_SIZE <= part_size <= DEFAULT_PART_SIZE:
@@ -303,6 +314,7 @@ class DiskWriter:
         self._viewer: Viewer | None = None
         self._viewer_paths: list[str] = []
         self.patients = 0
+        self._open_line = False  # add_ndjson ended in the middle of a line
         try:
             out.mkdir(parents=True, exist_ok=True)
             self.layout.root(1).mkdir(exist_ok=True)
@@ -318,7 +330,7 @@ class DiskWriter:
         sealer = SegmentSealer(
             subkey(disk_key, info.disk_id, f"file {PAYLOAD_NAME}"), PAYLOAD_NAME, segment_size
         )
-        self._pipeline = _SealPipeline(sealer, self._parts.write, threads=threads)
+        self._pipeline = _SealPipeline(sealer, self._parts.write)
         self._segment_size = segment_size
         try:
             self._viewer = viewer(self.layout.root(1)) if viewer is not None else None
@@ -328,11 +340,30 @@ class DiskWriter:
 
     def add(self, patient_id: str, bundle: bytes) -> None:
         """One patient's serialized document Bundle (a line of ``bundles.ndjson``)."""
-        self._pipeline.write(bundle.replace(b"\n", b"") if b"\n" in bundle else bundle)
-        self._pipeline.write(b"\n")
+        if self._open_line:
+            raise ValueError("add: add_ndjson left a line unfinished")
+        self._pipeline.line(bundle.replace(b"\n", b"") if b"\n" in bundle else bundle)
         if self._viewer is not None:
             self._viewer.add(patient_id, bundle)
         self.patients += 1
+
+    def add_ndjson(self, data: bytes | bytearray | mmap.mmap) -> None:
+        """Bundles already serialized as NDJSON, one patient's document Bundle a line (as ``restore export
+        --ndjson`` writes ``bundles.ndjson``), in pieces of any size cut anywhere (a read buffer, or a
+        window of the file mapped with ``mmap``: no copy before the segment buffer): copied as they are,
+        with no work per bundle but counting the newlines.  Not with the offline viewer, which needs each
+        bundle by itself (:meth:`add`)."""
+        if self._viewer is not None:
+            raise ConfigError("the offline viewer needs the bundles one by one: add(), not add_ndjson()")
+        if not data:
+            return
+        lines, i = 0, data.find(b"\n")
+        while i >= 0:
+            lines += 1
+            i = data.find(b"\n", i + 1)
+        self._pipeline.write(data)
+        self.patients += lines
+        self._open_line = data[-1] != 0x0A
 
     # --- finishing ----------------------------------------------------------------------------------
 
@@ -340,7 +371,9 @@ class DiskWriter:
         """Close the payload and the viewer, lay out the volumes, write their plain files and the signed
         manifest.  On any error everything written is removed."""
         try:
-            self._plain_sha = self._pipeline.finish()
+            if self._open_line:
+                raise ValueError("add_ndjson: the bundles do not end with a newline")
+            self._pipeline.finish()
             parts = self._parts.close()
             viewer_files = self._close_viewer()
             plan, volumes, manifest, signature = self._plan(parts, viewer_files, signing_key)
@@ -455,7 +488,6 @@ class DiskWriter:
         logical = LogicalFile(
             PAYLOAD_NAME,
             self._pipeline.size,
-            self._plain_sha,
             self._segment_size,
             tuple(PartEntry(p.path, p.volume, p.size, p.sha256) for p in sorted(plan, key=lambda p: p.index)),
         )

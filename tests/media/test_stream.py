@@ -4,7 +4,6 @@ another logical name."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import random
@@ -152,16 +151,41 @@ def test_misuse_is_refused() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(plaintexts, st.lists(st.integers(0, 6 * SEG + 7), max_size=8), st.integers(1, 3))
+@given(plaintexts, st.lists(st.integers(0, 6 * SEG + 7), max_size=8), st.integers(2, 4))
 def test_the_writers_threaded_pipeline_seals_exactly_as_the_stream_encryptor(
-    data: bytes, cuts: list[int], threads: int
+    data: bytes, cuts: list[int], depth: int
 ) -> None:
     from media.write import _SealPipeline
 
     out: list[bytes] = []
-    pipeline = _SealPipeline(SegmentSealer(KEY, NAME, SEG), out.append, threads=threads)
+    pipeline = _SealPipeline(SegmentSealer(KEY, NAME, SEG), lambda b: out.append(bytes(b)), depth=depth)
     for piece in _split(data, cuts):
         pipeline.write(piece)
-    digest = pipeline.finish()
+    assert pipeline.finish() == len(data)
     assert b"".join(out) == encrypt_all(KEY, NAME, data, SEG)
-    assert digest == hashlib.sha256(data).hexdigest() and pipeline.size == len(data)
+    assert [len(c) for c in out[:-1]] == [SEG + TAG_BYTES] * (len(out) - 1)
+
+
+def test_a_failing_sink_stops_the_pipeline_with_its_error() -> None:
+    from media.write import _SealPipeline
+
+    def full_disk(_: memoryview) -> None:
+        raise OSError(28, "No space left on device")
+
+    pipeline = _SealPipeline(SegmentSealer(KEY, NAME, SEG), full_disk, depth=2)
+    with pytest.raises(OSError, match="No space"):
+        for _ in range(10):
+            pipeline.write(b"x" * SEG)
+        pipeline.finish()
+    pipeline.abort()
+
+
+def test_seal_into_is_seal() -> None:
+    sealer = SegmentSealer(KEY, NAME, SEG)
+    out = bytearray(SEG + TAG_BYTES)
+    sealer.seal_into(3, b"y" * SEG, out, False)
+    assert bytes(out) == sealer.seal(3, b"y" * SEG, False)
+    with pytest.raises(ValueError):
+        sealer.seal_into(3, b"y" * SEG, bytearray(SEG), False)
+    with pytest.raises(ValueError):
+        sealer.seal_into(3, b"y", bytearray(1 + TAG_BYTES), False)

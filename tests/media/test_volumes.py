@@ -4,8 +4,10 @@ order, none larger than the part size, each volume filled before the next, and t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
+import mmap
 import random
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.volumes import Layout, PartWriter, file_sha256
+from media.volumes import WRITE_BUFFER, AlignedWriter, Layout, PartWriter, file_sha256
 
 
 def _write(root: Path, pieces: list[bytes], *, part_size: int, room: int | None, direct: bool) -> PartWriter:
@@ -73,3 +75,37 @@ def test_an_aborted_part_leaves_nothing(tmp_path: Path) -> None:
     w.write(b"a" * 5000)
     w.abort()
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_failed_write_on_the_io_thread_surfaces_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = AlignedWriter._flush
+    calls = 0
+
+    def full_disk(self: AlignedWriter, buf: mmap.mmap, start: int, end: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, buf, start, end)
+
+    monkeypatch.setattr(AlignedWriter, "_flush", full_disk)
+    w = PartWriter(Layout(tmp_path, multi=False), "x", part_size=1 << 30, volume_room=None)
+    with pytest.raises(OSError, match="No space"):
+        for _ in range(8):
+            w.write(bytes(WRITE_BUFFER))
+        w.close()
+    w.abort()
+    assert calls >= 2
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("size", [0, 1, 8192, 8193, 50_001])
+def test_file_sha256_reads_ahead_and_still_hashes_the_file(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "f"
+    data = random.Random(size).randbytes(size)
+    path.write_bytes(data)
+    seen: list[int] = []
+    assert file_sha256(path, bytearray(4096), seen.append) == (size, hashlib.sha256(data).hexdigest())
+    assert sum(seen) == size and all(0 < n <= 4096 for n in seen)

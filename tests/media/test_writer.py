@@ -1,0 +1,168 @@
+"""The disk writer on its own (no restore folder): bundles fed one by one or as NDJSON pieces cut anywhere
+make the same sealed payload; the payload decrypts to exactly the bundles; and with no plaintext hash in
+the manifest, ``media open`` still refuses a payload changed after verification (the AEAD stream does)."""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+import random
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from hakobune.errors import ConfigError
+from hakobune.keys import RecipientPrivateKey, SigningKey
+from media.crypto import new_disk_key, subkey, wrap_to_passphrase, wrap_to_recipient
+from media.manifest import MANIFEST_NAME, PAYLOAD_NAME, Manifest, parse_manifest
+from media.open import _decrypt
+from media.stream import StreamError, ciphertext_size, decrypt_chunks
+from media.write import DiskInfo, DiskWriter, new_disk_id
+from tests.media.conftest import TEST_ITERATIONS
+
+SEGMENT = 256
+PART = 3000
+KEY = SigningKey.generate()
+
+
+def _info(disk_key: bytes) -> DiskInfo:
+    disk_id = new_disk_id()
+    recipient = RecipientPrivateKey.generate().public
+    return DiskInfo(
+        disk_id=disk_id,
+        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        hospital="9990000002",
+        order_id="RO-TEST",
+        order_sha256="0" * 64,
+        recipient_id="9990000099",
+        recipient_name="test",
+        recipient_key=recipient,
+        recipient_wrap=wrap_to_recipient(disk_key, disk_id, recipient),
+        passphrase_wrap=wrap_to_passphrase(disk_key, disk_id, "ABCD-EFGH", TEST_ITERATIONS),
+    )
+
+
+def _bundles(n: int) -> list[bytes]:
+    rnd = random.Random(n)
+    return [
+        b'{"resourceType":"Bundle","id":"%d","pad":"%s"}' % (i, b"x" * rnd.randint(0, 900)) for i in range(n)
+    ]
+
+
+def _writer(out: Path, disk_key: bytes, info: DiskInfo) -> DiskWriter:
+    return DiskWriter(out, info, disk_key, segment_size=SEGMENT, part_size=PART)
+
+
+def _payload(out: Path, manifest: Manifest, disk_key: bytes) -> bytes:
+    (lf,) = manifest.logical_files
+    sealed = [(out / p.path).read_bytes() for p in lf.parts]
+    assert sum(map(len, sealed)) == ciphertext_size(lf.size, SEGMENT)
+    key = subkey(disk_key, manifest.disk_id, f"file {PAYLOAD_NAME}")
+    return b"".join(decrypt_chunks(key, PAYLOAD_NAME, sealed, SEGMENT))
+
+
+def _manifest(out: Path) -> Manifest:
+    return parse_manifest((out / MANIFEST_NAME).read_bytes(), str(out))
+
+
+@pytest.mark.parametrize("count", [0, 1, 40])
+def test_ndjson_pieces_and_single_bundles_make_the_same_disk_payload(tmp_path: Path, count: int) -> None:
+    bundles = _bundles(count)
+    ndjson = b"".join(b + b"\n" for b in bundles)
+    disk_key = new_disk_key()
+    info = _info(disk_key)
+    one = _writer(tmp_path / "one", disk_key, info)
+    for i, b in enumerate(bundles):
+        one.add(str(i), b)
+    one.finish(KEY)
+    many = _writer(tmp_path / "many", disk_key, info)
+    rnd = random.Random(count)
+    cuts = sorted({0, len(ndjson), *(rnd.randrange(len(ndjson) + 1) for _ in range(12))})
+    for start, end in itertools.pairwise(cuts):
+        piece = ndjson[start:end]
+        many.add_ndjson(bytearray(piece) if start % 2 else piece)
+    result = many.finish(KEY)
+    mapped = _writer(tmp_path / "mapped", disk_key, info)
+    (tmp_path / "bundles.ndjson").write_bytes(ndjson)
+    with open(tmp_path / "bundles.ndjson", "rb") as f:
+        step = mmap.ALLOCATIONGRANULARITY
+        for at in range(0, len(ndjson), step):
+            with mmap.mmap(f.fileno(), min(step, len(ndjson) - at), access=mmap.ACCESS_READ, offset=at) as m:
+                mapped.add_ndjson(m)
+    mapped.finish(KEY)
+    m1, m2, m3 = (_manifest(tmp_path / name) for name in ("one", "many", "mapped"))
+    assert m1.patients == m2.patients == m3.patients == result.patients == count
+    assert m1.doc["files"] == m2.doc["files"] == m3.doc["files"]  # the same parts, sizes and hashes
+    assert _payload(tmp_path / "many", m2, disk_key) == ndjson
+    assert "sha256" not in m2.doc["files"][0]  # the plaintext is not hashed: the stream authenticates it
+
+
+def test_add_ndjson_needs_whole_lines_and_no_viewer(tmp_path: Path) -> None:
+    disk_key = new_disk_key()
+    w = _writer(tmp_path / "open-line", disk_key, _info(disk_key))
+    w.add_ndjson(b'{"a":1}\n{"b":')
+    with pytest.raises(ValueError, match="newline"):
+        w.finish(KEY)
+    assert not (tmp_path / "open-line").exists()
+
+    class NoViewer:
+        def add(self, patient_id: str, bundle: bytes) -> None: ...
+        def close(self) -> list[str]:
+            return []
+
+        def abort(self) -> None: ...
+
+    w = DiskWriter(tmp_path / "viewer", _info(disk_key), disk_key, viewer=lambda root: NoViewer())
+    with pytest.raises(ConfigError, match="one by one"):
+        w.add_ndjson(b"{}\n")
+    w.abort()
+
+
+def _sealed_disk(tmp_path: Path) -> tuple[Path, Manifest, bytes]:
+    disk_key = new_disk_key()
+    w = _writer(tmp_path / "disk", disk_key, _info(disk_key))
+    for i, b in enumerate(_bundles(30)):
+        w.add(str(i), b)
+    w.finish(KEY)
+    return tmp_path / "disk", _manifest(tmp_path / "disk"), disk_key
+
+
+def _open_payload(disk: Path, manifest: Manifest, disk_key: bytes, tmp_path: Path) -> None:
+    out = tmp_path / "opened"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    _decrypt(manifest, {1: disk}, disk_key, out, lambda n: None)
+
+
+def _segments(part: Path) -> list[bytes]:
+    data = part.read_bytes()
+    step = SEGMENT + 16
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+@pytest.mark.parametrize("change", ["swap", "drop-last", "flip", "append"])
+def test_open_refuses_a_payload_changed_after_verification(tmp_path: Path, change: str) -> None:
+    """What open decrypts is checked by the stream itself, not by the (verified earlier) hashes."""
+    disk, manifest, disk_key = _sealed_disk(tmp_path)
+    _open_payload(disk, manifest, disk_key, tmp_path)  # unchanged: opens
+    parts = [disk / p.path for p in manifest.logical_files[0].parts]
+    first, last = parts[0], parts[-1]
+    if change == "swap":  # two whole segments trade places
+        segs = _segments(first)
+        segs[0], segs[1] = segs[1], segs[0]
+        first.write_bytes(b"".join(segs))
+    elif change == "drop-last":  # truncated at a segment boundary
+        segs = _segments(last)
+        last.write_bytes(b"".join(segs[:-1]))
+    elif change == "flip":
+        data = bytearray(last.read_bytes())
+        data[len(data) // 2] ^= 1
+        last.write_bytes(bytes(data))
+    else:
+        with open(last, "ab") as f:
+            f.write(os.urandom(SEGMENT + 16))
+    with pytest.raises(StreamError):
+        _open_payload(disk, manifest, disk_key, tmp_path)
