@@ -9,7 +9,9 @@ guess at the real encoding.  :func:`encode_message` is the inverse, used by the 
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
 from hakobune.errors import UnreadableMessage
@@ -22,11 +24,85 @@ _ESCAPE_SEQ = re.compile(rb"\x1b(\(B|\(J|\(I|\$@|\$B|&@\x1b\$B|\$\(D|\$\(O|\$\(Q
 
 
 def decode(raw: bytes) -> str:
-    """Text of an ISO-2022-JP message.  Raises :class:`UnreadableMessage` naming the offending byte."""
+    """Text of an ISO-2022-JP message.  Raises :class:`UnreadableMessage` naming the offending byte.
+
+    Messages that use only ASCII and JIS X 0208 (nearly all) take the compiled fast path when it is built
+    (:mod:`hakobune._jisdecode`, same table, same text); everything else, and every error, goes through
+    :func:`decode_python`."""
+    if not _fast_path.tried:
+        _fast_path.load()
+    if _fast_path.decode is not None:
+        text = _fast_path.decode(raw)
+        if text is not None:
+            return text
+    return decode_python(raw)
+
+
+def split_standard(raw: bytes, pad: int) -> list[list[str]] | None:
+    """Decode and split a message in one compiled pass: segments as field lists (``fields[n]`` is field n,
+    MSH-1 the separator), each padded with ``""`` to at least ``pad`` fields.  Only for the common case —
+    standard delimiters (``MSH|^~\\&``), ASCII and JIS X 0208, a terminated last segment, every segment with
+    fields; anything else, or no compiled module, gives None and the caller takes the general path."""
+    if not _fast_path.tried:
+        _fast_path.load()
+    if _fast_path.split is None:
+        return None
+    return _fast_path.split(raw, pad)
+
+
+def decode_python(raw: bytes) -> str:
+    """The pure-Python decoder: the strict codec, then the CP50220-style fallback (the reference)."""
     try:
         return raw.decode("iso2022_jp")
     except UnicodeDecodeError:
         return _decode_lenient(raw)
+
+
+def jis0208_table() -> str:
+    """JIS X 0208 as 94 x 94 characters in row/cell order, each decoded as :func:`decode_python` decodes it
+    (strict codec where it knows the code, else CP50220); NUL where the code is unmapped."""
+    rows: list[str] = []
+    for j1 in range(0x21, 0x7F):
+        row = bytes(b for j2 in range(0x21, 0x7F) for b in (j1, j2))
+        try:
+            text = (b"\x1b$B" + row + b"\x1b(B").decode("iso2022_jp")
+        except UnicodeDecodeError:
+            text = ""
+        if len(text) != 94:  # a row with unassigned or non-BMP-pair cells: cell by cell
+            text = "".join(_table_cell(j1, j2) for j2 in range(0x21, 0x7F))
+        rows.append(text)
+    return "".join(rows)
+
+
+def _table_cell(j1: int, j2: int) -> str:
+    try:
+        ch = _jis_pair(j1, j2)
+    except UnicodeDecodeError:
+        return "\0"
+    return ch if len(ch) == 1 else "\0"
+
+
+class _FastPath:
+    """The compiled decoder, loaded (and given its table) on first use, so importing costs nothing."""
+
+    def __init__(self) -> None:
+        self.decode: Callable[[bytes], str | None] | None = None
+        self.split: Callable[[bytes, int], list[list[str]] | None] | None = None
+        self.tried = False
+
+    def load(self) -> None:
+        self.tried = True
+        if os.environ.get("HAKOBUNE_PURE_PYTHON"):
+            return
+        try:
+            from hakobune import _jisdecode
+        except ImportError:
+            return
+        _jisdecode.set_jis0208(jis0208_table())
+        self.decode, self.split = _jisdecode.decode, _jisdecode.split
+
+
+_fast_path = _FastPath()
 
 
 def _guess_encoding(raw: bytes) -> str:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 
+from hakobune.records import record
+
 #: The data types read into records, with the HL7 message code (MSH-9.1) each must carry.
 MESSAGE_CODE = {
     "ADT-00": "ADT",
@@ -32,9 +34,16 @@ FLAGS = {"1": "current", "2": "superseded", "0": "deleted"}
 _DATA_TYPE = re.compile(r"^[A-Z][A-Z0-9]{2}(?:-[0-9A-Z]{2})?$")
 _ALNUM = re.compile(r"^[0-9A-Za-z]+$")
 _DIGITS = re.compile(r"^[0-9]+$")
+#: A well-formed name in one match (the fast path); names it refuses get the field-by-field checks, which
+#: word the reason.  The care date's calendar validity is checked apart (cached: few distinct dates).
+_NAME = re.compile(
+    r"([0-9A-Za-z]+)_(-|[0-9]{8})_([A-Z][A-Z0-9]{2}(?:-[0-9A-Z]{2})?)_([0-9A-Za-z]+)_([0-9]{8,17})"
+    r"_(-|[0-9A-Za-z]+)_([120])"
+)
+_GOOD_DATES: set[str] = {"-"}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SsmixName:
     """The 7 fields of an SS-MIX2 file name."""
 
@@ -85,6 +94,17 @@ class BadName(ValueError):
 
 def parse_name(name: str) -> SsmixName:
     """Parse a file name; raises :class:`BadName` with a one-line reason."""
+    m = _NAME.fullmatch(name)
+    if m is not None:
+        care_date = m.group(2)
+        if care_date in _GOOD_DATES or _valid_date(care_date):
+            if len(_GOOD_DATES) < 100_000:
+                _GOOD_DATES.add(care_date)
+            return SsmixName(*m.groups())
+    return _parse_name_checked(name)
+
+
+def _parse_name_checked(name: str) -> SsmixName:
     parts = name.split("_")
     if len(parts) != 7:
         raise BadName(f"bad file name: expected 7 fields separated by '_', found {len(parts)}")

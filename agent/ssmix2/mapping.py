@@ -31,19 +31,29 @@ Warnings = list[str]
 
 
 _MISS = object()
-_CODINGS: dict[tuple[str, str], Coding | None] = {}
+#: Codings by separator, then by the field's text: shared across messages (immutable values), bounded.
+_CODINGS: dict[str, dict[str, Coding | None]] = {}
+_CODINGS_MAX = 200_000
+
+
+def _coding_cache(sep: str) -> dict[str, Coding | None]:
+    cache = _CODINGS.get(sep)
+    if cache is None or len(cache) > _CODINGS_MAX:
+        cache = _CODINGS[sep] = {}
+    return cache
 
 
 class _Ctx:
     """Field access for one message, with its delimiters."""
 
-    __slots__ = ("comp", "name", "pid", "rep", "sub")
+    __slots__ = ("codings", "comp", "name", "pid", "rep", "sub")
 
     def __init__(self, msg: Message, name: SsmixName) -> None:
         d = msg.delimiters
         self.comp, self.rep, self.sub = d.component, d.repetition, d.subcomponent
         self.name = name
         self.pid: list[str] | None = None
+        self.codings = _coding_cache(self.comp)
 
     def key(self, item: str) -> RecordKey:
         n = self.name
@@ -59,13 +69,11 @@ class _Ctx:
         (they are immutable values)."""
         if not value:
             return None
-        ckey = (value, sep or self.comp)
-        hit = _CODINGS.get(ckey, _MISS)
+        cache = self.codings if sep is None else _coding_cache(sep)
+        hit = cache.get(value, _MISS)
         if hit is not _MISS:
             return hit  # type: ignore[return-value]
-        if len(_CODINGS) > 200_000:
-            _CODINGS.clear()
-        result = _CODINGS[ckey] = self._coding(value, sep)
+        result = cache[value] = self._coding(value, sep)
         return result
 
     def _coding(self, value: str, sep: str | None) -> Coding | None:
@@ -186,29 +194,31 @@ def _map_adt61(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 def _map_ppr01(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     out: list[Record] = []
     n = 0
+    coding, comp = ctx.coding, ctx.comp
+    nm = ctx.name
+    pid, care_date, data_type, order_no = nm.patient_id, nm.care_date, nm.data_type, nm.order_no
     for seg in msg.segments:
         if seg[0] != "PRB":
             continue
         n += 1
-        code = ctx.coding(seg[3])  # PRB-3 problem ID (MEDIS disease exchange code)
+        code = coding(seg[3])  # PRB-3 problem ID (MEDIS disease exchange code)
         if code is None:
             w.append("PRB without a problem code")
             continue
-        icd = ctx.comps(seg[10])  # PRB-10 problem classification: ICD-10^^I10
-        ranking = ctx.comps(seg[18])[0]  # PRB-18 problem ranking: 1 = main diagnosis
+        icd = seg[10].split(comp)  # PRB-10 problem classification: ICD-10^^I10
         out.append(
             Condition(
-                key=ctx.key(str(n)),
-                code=code,
-                icd10=icd[0] if len(icd) < 3 or icd[2] in ("I10", "ICD10") else "",
-                name=unescape(seg[17]) or code.display,  # PRB-17 onset text (the disease name)
-                onset=to_iso(seg[16]),  # PRB-16 problem date of onset
-                recorded=to_iso(seg[7]),  # PRB-7 problem established date
-                resolved=to_iso(seg[9]),  # PRB-9 actual problem resolution date
-                outcome=ctx.coding(seg[14]),  # PRB-14 problem life cycle status (HL70241)
-                main=ranking == "1",
-                action=seg[1],  # PRB-1 action code
-                instance_id=seg[4],  # PRB-4 problem instance ID
+                RecordKey(pid, care_date, data_type, order_no, str(n)),
+                code,
+                icd[0] if len(icd) < 3 or icd[2] in ("I10", "ICD10") else "",  # icd10
+                unescape(seg[17]) or code.display,  # name: PRB-17 onset text (the disease name)
+                to_iso(seg[16]),  # onset: PRB-16 problem date of onset
+                to_iso(seg[7]),  # recorded: PRB-7 problem established date
+                to_iso(seg[9]),  # resolved: PRB-9 actual problem resolution date
+                coding(seg[14]),  # outcome: PRB-14 problem life cycle status (HL70241)
+                seg[18].split(comp, 1)[0] == "1",  # main: PRB-18 problem ranking, 1 = main diagnosis
+                seg[1],  # action: PRB-1 action code
+                seg[4],  # instance_id: PRB-4 problem instance ID
             )
         )
     return out
@@ -233,45 +243,51 @@ def _first(group: list[list[str]], sid: str) -> list[str] | None:
 
 
 def _map_rde_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    # Hot: positional construction in Prescription's field order, locals for look-ups.
     out: list[Record] = []
     n = 0
+    coding, comp = ctx.coding, ctx.comp
+    nm = ctx.name
+    pid, care_date, data_type, order_no = nm.patient_id, nm.care_date, nm.data_type, nm.order_no
     for group in _orc_groups(msg):
         orc = group[0]
         tq1 = _first(group, "TQ1")
         rxr = _first(group, "RXR")
+        route = coding(rxr[1]) if rxr else None  # RXR-1 route
+        ordered_at = to_iso(orc[9])  # ORC-9 date/time of transaction
+        days = start = end = ""
+        usage = None
+        if tq1 is not None:
+            usage = coding(tq1[3].split(comp, 1)[0], ctx.sub)  # TQ1-3 repeat pattern (JAMI usage)
+            dur = tq1[6].split(comp)  # TQ1-6 service duration: n^d
+            days = dur[0] if len(dur) > 1 and dur[1] == "d" else ""
+            start, end = to_iso(tq1[7]), to_iso(tq1[8])  # TQ1-7 start, TQ1-8 end date/time
         for seg in group:
             if seg[0] != "RXE":
                 continue
             n += 1
-            drug = ctx.coding(seg[2])  # RXE-2 give code (HOT9)
+            drug = coding(seg[2])  # RXE-2 give code (HOT9)
             if drug is None:
                 w.append("RXE without a drug code")
                 continue
-            days = usage = None
-            start = end = ""
-            if tq1 is not None:
-                usage = ctx.coding(ctx.comps(tq1[3])[0], ctx.sub)  # TQ1-3 repeat pattern (JAMI usage)
-                dur = ctx.comps(tq1[6])  # TQ1-6 service duration: n^d
-                days = dur[0] if len(dur) > 1 and dur[1] == "d" else None
-                start, end = to_iso(tq1[7]), to_iso(tq1[8])
             out.append(
                 Prescription(
-                    key=ctx.key(str(n)),
-                    event="order",
-                    drug=drug,
-                    amount=seg[3],  # RXE-3 give amount - minimum
-                    unit=ctx.coding(seg[5]),  # RXE-5 give units
-                    dosage_form=ctx.coding(seg[6]),  # RXE-6 give dosage form
-                    total_daily=ctx.comps(seg[19])[0],  # RXE-19 total daily dose
-                    dispense_amount=seg[10],  # RXE-10 dispense amount
-                    dispense_unit=ctx.coding(seg[11]),  # RXE-11 dispense units
-                    usage=usage,
-                    days=days or "",
-                    route=ctx.coding(rxr[1]) if rxr else None,  # RXR-1 route
-                    start=start,
-                    end=end,
-                    ordered_at=to_iso(orc[9]),  # ORC-9 date/time of transaction
-                    rp=orc[4],  # ORC-4 placer group number (Rp)
+                    RecordKey(pid, care_date, data_type, order_no, str(n)),
+                    "order",
+                    drug,
+                    seg[3],  # amount: RXE-3 give amount - minimum
+                    coding(seg[5]),  # unit: RXE-5 give units
+                    coding(seg[6]),  # dosage_form: RXE-6 give dosage form
+                    seg[19].split(comp, 1)[0],  # total_daily: RXE-19 total daily dose
+                    seg[10],  # dispense_amount: RXE-10 dispense amount
+                    coding(seg[11]),  # dispense_unit: RXE-11 dispense units
+                    usage,
+                    days,
+                    route,
+                    start,
+                    end,
+                    ordered_at,
+                    orc[4],  # rp: ORC-4 placer group number (Rp)
                 )
             )
     if n == 0:
@@ -282,30 +298,36 @@ def _map_rde_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 def _map_ras_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     out: list[Record] = []
     n = 0
+    coding = ctx.coding
+    nm = ctx.name
+    pid, care_date, data_type, order_no = nm.patient_id, nm.care_date, nm.data_type, nm.order_no
     for g, group in enumerate(_orc_groups(msg), start=1):
         rxr = _first(group, "RXR")
+        route = coding(rxr[1]) if rxr else None  # RXR-1 route
+        orc = group[0]
+        ordered_at = to_iso(orc[9])  # ORC-9
         r = 0
         for seg in group:
             if seg[0] != "RXA":
                 continue
             n += 1
             r += 1
-            drug = ctx.coding(seg[5])  # RXA-5 administered code (HOT9)
+            drug = coding(seg[5])  # RXA-5 administered code (HOT9)
             if drug is None:
                 w.append("RXA without a drug code")
                 continue
             out.append(
                 Prescription(
-                    key=ctx.key(f"{g}.{r}"),
-                    event="administration",
-                    drug=drug,
-                    amount=seg[6],  # RXA-6 administered amount
-                    unit=ctx.coding(seg[7]),  # RXA-7 administered units
-                    route=ctx.coding(rxr[1]) if rxr else None,
+                    RecordKey(pid, care_date, data_type, order_no, f"{g}.{r}"),
+                    "administration",
+                    drug,
+                    seg[6],  # amount: RXA-6 administered amount
+                    coding(seg[7]),  # unit: RXA-7 administered units
+                    route=route,
                     start=to_iso(seg[3]),  # RXA-3 start of administration
                     end=to_iso(seg[4]),  # RXA-4 end of administration
-                    ordered_at=to_iso(group[0][9]),
-                    rp=group[0][4],
+                    ordered_at=ordered_at,
+                    rp=orc[4],
                     status=seg[20],  # RXA-20 completion status
                 )
             )
@@ -391,50 +413,75 @@ def _map_ras_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     return out
 
 
+_CODED = frozenset(("CWE", "CE", "CNE"))
+
+
 def _map_oul(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    # The hot loop of a baseline (lab files hold most records): locals instead of attribute look-ups, the
+    # coding cache read inline, positional construction (field order of LabResult), unescape only where a
+    # backslash is present, the observation time converted once per distinct value.
     out: list[Record] = []
     specimen: Coding | None = None
     battery: Coding | None = None
     obr_time = ""
     b = 0
     o = 0
+    coding, comp = ctx.coding, ctx.comp
+    cached = ctx.codings.get
+    n = ctx.name
+    pid, care_date, data_type, order_no = n.patient_id, n.care_date, n.data_type, n.order_no
+    last_obs = last_iso = ""
+    prefix = "1."
     for seg in msg.segments:
         sid = seg[0]
-        if sid == "SPM":
-            specimen = ctx.coding(seg[4])  # SPM-4 specimen type (JLAC10 material)
-        elif sid == "OBR":
-            b += 1
-            o = 0
-            battery = ctx.coding(seg[4])  # OBR-4 universal service identifier
-            obr_time = to_iso(seg[7])  # OBR-7 observation date/time
-        elif sid == "OBX":
+        if sid == "OBX":
             o += 1
-            code = ctx.coding(seg[3])  # OBX-3 observation identifier (JLAC10)
+            code = cached(seg[3], _MISS)  # OBX-3 observation identifier (JLAC10)
+            if code is _MISS:
+                code = coding(seg[3])
             if code is None:
                 w.append("OBX without an observation code")
                 continue
             vtype = seg[2]  # OBX-2 value type
             value = seg[5]  # OBX-5 observation value
-            if vtype in ("CWE", "CE", "CNE"):
-                c = ctx.comps(value)
-                value = unescape(c[1] if len(c) > 1 and c[1] else c[0])
-            else:
-                value = unescape(value)
+            if vtype in _CODED:
+                c = value.split(comp)
+                value = c[1] if len(c) > 1 and c[1] else c[0]
+            unit = seg[6]  # OBX-6 units
+            if comp in unit:
+                unit = unit.split(comp, 1)[0]
+            ref = seg[7]  # OBX-7 references range
+            if "\\" in value or "\\" in unit or "\\" in ref:
+                value, unit, ref = unescape(value), unescape(unit), unescape(ref)
+            flag = seg[8]  # OBX-8 abnormal flags
+            if comp in flag:
+                flag = flag.split(comp, 1)[0]
+            observed = seg[14]  # OBX-14 date/time of the observation
+            if observed != last_obs:
+                last_obs, last_iso = observed, to_iso(observed)
             out.append(
                 LabResult(
-                    key=ctx.key(f"{max(b, 1)}.{o}"),
-                    code=code,
-                    value_type=vtype,
-                    value=value,
-                    unit=unescape(ctx.comps(seg[6])[0]),  # OBX-6 units
-                    reference_range=unescape(seg[7]),  # OBX-7 references range
-                    flag=ctx.comps(seg[8])[0],  # OBX-8 abnormal flags
-                    status=seg[11],  # OBX-11 observation result status
-                    observed_at=to_iso(seg[14]) or obr_time,  # OBX-14 date/time of the observation
-                    specimen=specimen,
-                    battery=battery,
+                    RecordKey(pid, care_date, data_type, order_no, prefix + str(o)),
+                    code,  # type: ignore[arg-type]
+                    vtype,
+                    value,
+                    unit,
+                    ref,
+                    flag,
+                    seg[11],  # OBX-11 observation result status
+                    last_iso or obr_time,
+                    specimen,
+                    battery,
                 )
             )
+        elif sid == "SPM":
+            specimen = coding(seg[4])  # SPM-4 specimen type (JLAC10 material)
+        elif sid == "OBR":
+            b += 1
+            o = 0
+            prefix = f"{b}."
+            battery = coding(seg[4])  # OBR-4 universal service identifier
+            obr_time = to_iso(seg[7])  # OBR-7 observation date/time
     return out
 
 

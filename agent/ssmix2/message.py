@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from agent.ssmix2.layout import MESSAGE_CODE
 from hakobune.errors import UnreadableMessage
-from hakobune.hl7 import decode, split_segments
+from hakobune.hl7 import decode, split_segments, split_standard
 
 
 @dataclass(slots=True)
@@ -52,6 +52,28 @@ def parse(raw: bytes, data_type: str) -> Message:
     """Decode and validate; raises :class:`UnreadableMessage` with the quarantine reason."""
     if not raw:
         raise UnreadableMessage("empty file")
+    segments = split_standard(raw, PAD)
+    if segments is None:
+        segments, delims = _split_general(raw)
+    else:  # standard delimiters, every segment has fields: only the segment IDs are left to check
+        delims = STANDARD
+        known = _KNOWN_IDS
+        for lineno in range(1, len(segments)):
+            sid = segments[lineno][0]
+            if sid not in known:
+                _check_segment(sid, 2, lineno + 1)
+    msg = Message(segments, delims)
+    expected = MESSAGE_CODE.get(data_type)
+    if expected is not None and msg.message_code != expected:
+        raise UnreadableMessage(
+            f"message type {msg.message_code or '(none)'} in MSH-9 does not match data type {data_type}"
+        )
+    return msg
+
+
+def _split_general(raw: bytes) -> tuple[list[list[str]], Delimiters]:
+    """Any message: the pure-Python path, which also words every reason a message is refused.  Gives the
+    same segments as :func:`hakobune.hl7.split_standard` wherever that one answers."""
     text = decode(raw)
     # The last segment ends with CR/LF, an MLLP end block (FS, usually followed by CR), or both; a file
     # that just stops was cut.
@@ -75,17 +97,12 @@ def parse(raw: bytes, data_type: str) -> Message:
         sid = parts[0]
         if sid not in known or len(parts) == 1:
             _check_segment(sid, len(parts), len(segments) + 1)
+        if not segments:
+            parts.insert(1, fs)  # MSH-1 is the field separator itself
         if len(parts) < PAD:
             parts += _PADDING[len(parts) :]
         segments.append(parts)
-    segments[0].insert(1, fs)
-    msg = Message(segments, delims)
-    expected = MESSAGE_CODE.get(data_type)
-    if expected is not None and msg.message_code != expected:
-        raise UnreadableMessage(
-            f"message type {msg.message_code or '(none)'} in MSH-9 does not match data type {data_type}"
-        )
-    return msg
+    return segments, delims
 
 
 def _check_segment(sid: str, n_fields: int, lineno: int) -> None:

@@ -1,0 +1,339 @@
+/* Fast path of hakobune.hl7.decode and of the SS-MIX2 reader's split: ISO-2022-JP text that uses only
+ * ESC ( B (ASCII) and ESC $ B (JIS X 0208).
+ *
+ * This is an optimisation, not a second decoder: the character table comes from Python (built from the
+ * same function the pure-Python decoder uses, hakobune.hl7._jis_pair), and anything outside the common case
+ * -- another escape sequence, a byte >= 0x80, a broken or unmapped double-byte code, no table yet, a
+ * message without the standard delimiters, a segment without fields, a cut last segment -- returns None,
+ * and the caller takes the pure-Python path, which also words every error.  The tests compare both paths
+ * on generated and hostile input.
+ *
+ * Bounds: every read of p[i + k] is guarded by i + k < n.  One input byte makes at most one character and
+ * at most one mark, so the output buffer of n UCS-2 units (every JIS X 0208 character is in the BMP) and
+ * the mark buffer of n entries cannot overflow.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define CELLS 94
+#define TABLE_SIZE (CELLS * CELLS)
+#define STACK_CHARS 4096
+
+static Py_UCS2 table[TABLE_SIZE];
+static int table_ready = 0;
+static PyObject *empty_str = NULL;
+static PyObject *bar_str = NULL;
+
+static PyObject *
+set_jis0208(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    if (!PyUnicode_Check(arg) || PyUnicode_GET_LENGTH(arg) != TABLE_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "the JIS X 0208 table must be a str of 94 x 94 characters");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < TABLE_SIZE; i++) {
+        if (PyUnicode_READ_CHAR(arg, i) > 0xFFFF) {
+            PyErr_SetString(PyExc_ValueError, "the JIS X 0208 table holds a character outside the BMP");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < TABLE_SIZE; i++) {
+        table[i] = (Py_UCS2)PyUnicode_READ_CHAR(arg, i);
+    }
+    table_ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* 1 = ESC ( B, 2 = ESC $ B, 0 = anything else (not handled here). */
+static int
+escape_at(const unsigned char *p, Py_ssize_t i, Py_ssize_t n)
+{
+    if (i + 2 >= n) {
+        return 0;
+    }
+    if (p[i + 1] == '(' && p[i + 2] == 'B') {
+        return 1;
+    }
+    if (p[i + 1] == '$' && p[i + 2] == 'B') {
+        return 2;
+    }
+    return 0;
+}
+
+static inline int
+is_mark(Py_UCS2 c)
+{
+    return c == '|' || c == '\r' || c == '\n';
+}
+
+/* Decode into out (room for n characters).  When marks is not NULL, the output position of every '|', CR
+ * and LF is appended to it (room for n entries) and *nmarks set.  Returns the number of characters, or -1
+ * when the message needs the pure-Python decoder. */
+static Py_ssize_t
+walk(const unsigned char *p, Py_ssize_t n, Py_UCS2 *out, Py_ssize_t *marks, Py_ssize_t *nmarks)
+{
+    Py_ssize_t i = 0, k = 0, m = 0;
+    int jis = 0;
+    while (i < n) {
+        unsigned char b = p[i];
+        Py_UCS2 c;
+        if (b == 0x1B) {
+            int e = escape_at(p, i, n);
+            if (e == 0) {
+                return -1;
+            }
+            jis = (e == 2);
+            i += 3;
+            continue;
+        }
+        if (b >= 0x80) {
+            return -1;
+        }
+        if (!jis || b < 0x21) {
+            /* ASCII, and control bytes (CR, LF ...) inside a JIS run, pass through as themselves. */
+            c = b;
+            i++;
+        } else {
+            if (i + 1 >= n) {
+                return -1;
+            }
+            unsigned char b2 = p[i + 1];
+            if (b > 0x7E || b2 < 0x21 || b2 > 0x7E) {
+                return -1;
+            }
+            c = table[(b - 0x21) * CELLS + (b2 - 0x21)];
+            if (c == 0) {
+                return -1;
+            }
+            i += 2;
+        }
+        if (marks != NULL && is_mark(c)) {
+            marks[m++] = k;
+        }
+        out[k++] = c;
+    }
+    if (nmarks != NULL) {
+        *nmarks = m;
+    }
+    return k;
+}
+
+/* A str of chars [a, b) of buf, in the narrowest kind that holds it. */
+static inline PyObject *
+slice(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b)
+{
+    if (a == b) {
+        return Py_NewRef(empty_str);
+    }
+    return PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, buf + a, b - a);
+}
+
+/* Fields of one segment: chars [a, b) of buf, whose '|' positions are marks[first .. last).  Padded with ""
+ * to at least pad entries; for MSH the separator itself is MSH-1, as HL7 numbers it.  None when the segment
+ * has no field (the Python path words that error). */
+static PyObject *
+segment_fields(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b, const Py_ssize_t *marks, Py_ssize_t first,
+               Py_ssize_t last, Py_ssize_t pad, int is_msh)
+{
+    Py_ssize_t nf = last - first + 1;
+    if (nf == 1) {
+        return Py_NewRef(Py_None);
+    }
+    Py_ssize_t total = nf + (is_msh ? 1 : 0);
+    PyObject *list = PyList_New(total > pad ? total : pad);
+    if (list == NULL) {
+        return NULL;
+    }
+    Py_ssize_t k = 0, start = a;
+    for (Py_ssize_t j = first; j <= last; j++) {
+        Py_ssize_t stop = j < last ? marks[j] : b;
+        PyObject *field = slice(buf, start, stop);
+        if (field == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, k++, field);
+        if (is_msh && k == 1) {
+            PyList_SET_ITEM(list, k++, Py_NewRef(bar_str));
+        }
+        start = stop + 1;
+    }
+    for (; k < PyList_GET_SIZE(list); k++) {
+        PyList_SET_ITEM(list, k, Py_NewRef(empty_str));
+    }
+    return list;
+}
+
+static inline int
+is_line_end(Py_UCS2 c)
+{
+    return c == '\r' || c == '\n';
+}
+
+/* Segments of a decoded message with the standard delimiters (MSH|^~\&), or None. */
+static PyObject *
+split_decoded(const Py_UCS2 *buf, Py_ssize_t count, const Py_ssize_t *marks, Py_ssize_t nmarks,
+              Py_ssize_t pad)
+{
+    static const char header[] = "MSH|^~\\&";
+    Py_ssize_t start = 0, end = count;
+    if (count == 0) {
+        return Py_NewRef(Py_None);
+    }
+    Py_UCS2 last = buf[count - 1];
+    if (last != 0x1C && !is_line_end(last)) {
+        return Py_NewRef(Py_None); /* truncated: the Python path says so */
+    }
+    if (buf[0] == 0x0B) {
+        start = 1;
+    }
+    while (end > start && (buf[end - 1] == 0x1C || is_line_end(buf[end - 1]))) {
+        end--;
+    }
+    if (end - start < 8) {
+        return Py_NewRef(Py_None);
+    }
+    for (int i = 0; i < 8; i++) {
+        if (buf[start + i] != (Py_UCS2)header[i]) {
+            return Py_NewRef(Py_None);
+        }
+    }
+    PyObject *segments = PyList_New(0);
+    if (segments == NULL) {
+        return NULL;
+    }
+    /* Walk the marks in order: '|' marks collect into the current segment; a line end closes it. */
+    Py_ssize_t a = start, first = 0;
+    for (Py_ssize_t j = 0; j <= nmarks; j++) {
+        Py_ssize_t pos = j < nmarks ? marks[j] : end;
+        if (pos > end) {
+            pos = end; /* marks in the stripped tail */
+        }
+        if (j < nmarks && pos < end && !is_line_end(buf[pos])) {
+            continue; /* a '|' inside the current segment */
+        }
+        if (pos > a) {
+            PyObject *fields =
+                segment_fields(buf, a, pos, marks, first, j, pad, PyList_GET_SIZE(segments) == 0);
+            if (fields == NULL || fields == Py_None) {
+                Py_DECREF(segments);
+                return fields;
+            }
+            int rc = PyList_Append(segments, fields);
+            Py_DECREF(fields);
+            if (rc < 0) {
+                Py_DECREF(segments);
+                return NULL;
+            }
+        }
+        if (pos >= end) {
+            break;
+        }
+        a = pos + 1;
+        first = j + 1;
+    }
+    return segments;
+}
+
+/* Decode raw; with want_segments, split it too.  None when the pure-Python path must take it. */
+static PyObject *
+run(PyObject *arg, int want_segments, Py_ssize_t pad)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    Py_UCS2 small[STACK_CHARS];
+    Py_ssize_t small_marks[STACK_CHARS];
+    Py_UCS2 *out = small;
+    Py_ssize_t *marks = want_segments ? small_marks : NULL;
+    Py_ssize_t nmarks = 0;
+    if (!table_ready) {
+        goto fallback;
+    }
+    if (view.len > STACK_CHARS) {
+        out = PyMem_Malloc((size_t)view.len * sizeof(Py_UCS2));
+        if (want_segments) {
+            marks = PyMem_Malloc((size_t)view.len * sizeof(Py_ssize_t));
+        }
+        if (out == NULL || (want_segments && marks == NULL)) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    Py_ssize_t count = walk((const unsigned char *)view.buf, view.len, out, marks, &nmarks);
+    if (count < 0) {
+        goto fallback;
+    }
+    if (want_segments) {
+        result = split_decoded(out, count, marks, nmarks, pad);
+    } else {
+        /* FromKindAndData narrows to the smallest kind that holds the text (ASCII without JIS). */
+        result = PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, out, count);
+    }
+    goto done;
+fallback:
+    result = Py_NewRef(Py_None);
+done:
+    if (out != small) {
+        PyMem_Free(out);
+    }
+    if (marks != small_marks && marks != NULL) {
+        PyMem_Free(marks);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *
+decode(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    return run(arg, 0, 0);
+}
+
+static PyObject *
+split(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "split(raw, pad) takes two arguments");
+        return NULL;
+    }
+    Py_ssize_t pad = PyLong_AsSsize_t(args[1]);
+    if (pad < 0 || pad > 1024) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "pad must be 0..1024");
+        }
+        return NULL;
+    }
+    return run(args[0], 1, pad);
+}
+
+static PyMethodDef methods[] = {
+    {"set_jis0208", set_jis0208, METH_O, "Install the JIS X 0208 table (94 x 94 characters, NUL = unmapped)."},
+    {"decode", decode, METH_O,
+     "Text of an ISO-2022-JP message using only ESC ( B and ESC $ B, or None when it needs the full decoder."},
+    {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
+     "split(raw, pad): decode, then segments as field lists padded to pad (MSH-1 is the separator), for a\n"
+     "message with the standard delimiters MSH|^~\\& ending in CR, LF or FS; None when it needs the full path."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_jisdecode", "Fast path of hakobune.hl7.decode (see the C source).", -1, methods, NULL,
+    NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__jisdecode(void)
+{
+    empty_str = PyUnicode_FromStringAndSize("", 0);
+    bar_str = PyUnicode_FromStringAndSize("|", 1);
+    if (empty_str == NULL || bar_str == NULL) {
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}
