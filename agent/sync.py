@@ -46,10 +46,19 @@ from agent.state import StateDB, to_iso
 from hakobune.errors import HakobuneError
 from hakobune.keys import RecipientPublicKey
 from hakobune.naming import Stream, changeset_name, parse_changeset_name
-from hakobune.parallel import ordered_map
+from hakobune.parallel import ordered_map, resolve_workers
 from hakobune.sealed import ZERO_HASH, ChangesetWriter, Epoch, Header
 
 SyncStatus = Literal["sealed", "nothing", "held"]
+
+#: A day that adds or rewrites fewer files than this is read in this process, one batch at a time.  Reading
+#: costs about 0.5 ms of CPU a file, so reader processes would save a second or two, and they cost memory:
+#: each is a copy of this process, and up to ``4 × workers`` batches of their results wait here to be
+#: sealed.  Baselines, days that read patients whole and bigger days use ``sync.workers`` processes.
+IN_PROCESS_BELOW = 5000
+#: Patients read at a time in this process (reader processes take ``agent.changeset.BATCH``, to amortize
+#: the hand-over); a batch's records are in memory until they are sealed.
+IN_PROCESS_BATCH = 4
 
 
 class Held(HakobuneError):
@@ -99,7 +108,10 @@ def recover_outbox(outbox: Path, db: StateDB) -> list[str]:
     if not outbox.is_dir():
         return removed
     with db.session() as s:
-        known = {(row.stream, row.sequence) for row in s.scalars(select(OutboxItem))}
+        known = {
+            (stream, sequence)
+            for stream, sequence in s.execute(select(OutboxItem.stream, OutboxItem.sequence))
+        }
     for path in outbox.iterdir():
         parsed = parse_changeset_name(path.name)
         if parsed is None or parsed not in known:
@@ -295,7 +307,8 @@ def _build(
             gone: list[str] = []
             baselines = [run.baseline for run in runs]
             work = _work(cfg.ssmix2, index, all(baselines), any(baselines), withdrawn, gone)
-            for results in _read(cfg, s, work, keys.research):
+            small = not any(baselines) and scan.added + scan.rewritten + len(withdrawn) < IN_PROCESS_BELOW
+            for results in _read(cfg, s, work, keys.research, 1 if small else cfg.workers):
                 for result in results:
                     for run in runs:
                         run.builder.add(result)
@@ -399,18 +412,25 @@ def _research_result(runs: list[_StreamRun]) -> StreamResult | None:
 
 
 def _read(
-    cfg: AgentConfig, s: Session, work: Iterator[PatientWork], research: ResearchKeys | None
+    cfg: AgentConfig,
+    s: Session,
+    work: Iterator[PatientWork],
+    research: ResearchKeys | None,
+    workers: int,
 ) -> Iterator[list[PatientResult]]:
-    """Read the work in the reader processes, in order; de-identified too when research is on."""
+    """Read the work in ``workers`` reader processes (1: in this one), in order; de-identified too when
+    research is on."""
     root = str(cfg.ssmix2)
+    size = IN_PROCESS_BATCH if resolve_workers(workers) <= 1 else BATCH
     if research is None:
-        yield from ordered_map(read_patients_work, _batched(root, work), cfg.workers)
+        yield from ordered_map(read_patients_work, _batched(root, work, size), workers)
         return
     p = research.pseudonymizer
     tasks: Iterator[ResearchTask] = (
-        (root, batch, p, known_births(s, [w.patient_id for w in batch])) for _, batch in _batched(root, work)
+        (root, batch, p, known_births(s, [w.patient_id for w in batch]))
+        for _, batch in _batched(root, work, size)
     )
-    yield from ordered_map(read_patients_research, tasks, cfg.workers)
+    yield from ordered_map(read_patients_research, tasks, workers)
 
 
 def _held_message(reason: str) -> str:
@@ -492,11 +512,11 @@ def _touched(index: FileIndex, gone: list[str]) -> Iterator[tuple[str, set[str] 
         yield change.leaf_dir, orders
 
 
-def _batched(root: str, work: Iterator[PatientWork]) -> Iterator[tuple[str, list[PatientWork]]]:
+def _batched(root: str, work: Iterator[PatientWork], size: int) -> Iterator[tuple[str, list[PatientWork]]]:
     batch: list[PatientWork] = []
     for w in work:
         batch.append(w)
-        if len(batch) >= BATCH:
+        if len(batch) >= size:
             yield root, batch
             batch = []
     if batch:

@@ -30,9 +30,11 @@ def synthetic_tree(min_files: int, seed: int = 7) -> Path:
 
 
 class PeakRSS:
-    """Samples the RSS of this process and its children every 20 ms; ``peak_total`` and ``peak_single``."""
+    """Samples the RSS of this process and its children every 20 ms; ``peak_total`` and ``peak_single``.
+    ``include_self=False``: the children only (a command the benchmark runs, without the benchmark)."""
 
-    def __init__(self) -> None:
+    def __init__(self, include_self: bool = True) -> None:
+        self.include_self = include_self
         self.peak_total = 0
         self.peak_single = 0
         self._stop = threading.Event()
@@ -42,9 +44,12 @@ class PeakRSS:
         me = psutil.Process()
         while not self._stop.is_set():
             try:
-                procs = [me, *me.children(recursive=True)]
+                procs = [me, *me.children(recursive=True)] if self.include_self else me.children(True)
                 rss = [p.memory_info().rss for p in procs]
             except psutil.Error:
+                continue
+            if not rss:
+                time.sleep(0.02)
                 continue
             self.peak_total = max(self.peak_total, sum(rss))
             self.peak_single = max(self.peak_single, max(rss))

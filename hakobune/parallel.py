@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from typing import TypeVar
 
 A = TypeVar("A")
@@ -31,6 +31,8 @@ def ordered_map(
         for item in items:
             yield item if passthrough is not None and isinstance(item, passthrough) else fn(item)  # type: ignore[arg-type]
         return
+    from concurrent.futures import ProcessPoolExecutor  # only here: multiprocessing is not small to import
+
     with ProcessPoolExecutor(max_workers=workers) as pool:
         window: deque[Future[T] | P] = deque()
         limit = 4 * workers

@@ -12,7 +12,6 @@ import typer
 
 from agent.config import load_config
 from agent.home import home_option, open_state_db
-from agent.ship import connect, ship
 from agent.sync import confirm_hold, run_sync
 from hakobune.console import console, print_json, progress
 from hakobune.errors import HakobuneError
@@ -53,6 +52,8 @@ def run_once(
             result = run_sync(cfg, db, on_progress=tick)
         doc: dict[str, Any] = {"sync": asdict(result), "ship": None}
         if ship_it:
+            from agent.ship import connect, ship  # the transports (SFTP) load only when shipping
+
             with connect(cfg) as transport:
                 shipped = ship(cfg, db, transport, wait=wait)
             doc["ship"] = shipped.__dict__
