@@ -7,8 +7,9 @@ Builds (once, cached under the bench cache) a synthetic hospital of ``--patients
 through a local center with the research stream on (the agent reads every file once and seals both
 streams), then measures, into a fresh DuckDB file each time:
 
-- research ingest: verify, decrypt and load the research baseline (``research.ingest``), records/s and
-  MB/s of sealed changeset, and peak RSS of the process;
+- research ingest: verify, decrypt, stage and load the research baseline (``research.ingest``),
+  records/s (wall clock and per CPU second, all threads), MB/s of sealed changeset, peak RSS of the
+  process and the load average;
 - the Parquet export of the loaded tables.
 
 The agent's one-off baseline sync is timed too (both streams from one read), beside the clinical-only
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import time
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, PeakRSS, mb
 
 from hakobune.keys import RecipientPrivateKey, load_recipient_private, write_key
+from research.database import INGEST_MEMORY_LIMIT
 
 HOSPITAL = "9990000003"
 BENCH = Path(CACHE)
@@ -108,7 +111,9 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument(
-        "--memory-limit", default="2GB", help="DuckDB memory cap (research ingest --memory-limit)"
+        "--memory-limit",
+        default=INGEST_MEMORY_LIMIT,
+        help=f"DuckDB memory cap (research ingest --memory-limit; default {INGEST_MEMORY_LIMIT})",
     )
     args = ap.parse_args()
     world = prepare(args.patients)
@@ -124,17 +129,20 @@ def main() -> None:
         db = world / f"bench-{run}.duckdb"
         for leftover in (db, db.with_name(db.name + ".wal")):
             leftover.unlink(missing_ok=True)
+        cpu = _cpu_seconds()
         with PeakRSS() as rss, ResearchDB.open(db, memory_limit=args.memory_limit) as database:
             report = ingest(database, sources, private)
             counts = database.counts()
+        cpu = _cpu_seconds() - cpu
         assert not report.refused, report.refused
         records, seconds = report.records, report.seconds
         print(
             f"research ingest: {records:,} records ({report.bytes / 1e6:,.1f} MB sealed) "
             f"in {seconds:.1f} s = {records / seconds:,.0f} records/s, "
-            f"{report.bytes / 1e6 / seconds:,.1f} MB/s; "
-            f"DB {db.stat().st_size / 1e6:,.0f} MB; peak RSS {mb(rss.peak_total)} "
-            f"(DuckDB memory limit {args.memory_limit})"
+            f"{report.bytes / 1e6 / seconds:,.1f} MB/s; CPU {cpu:.1f} s = {records / cpu:,.0f} records per "
+            f"CPU second; DB {db.stat().st_size / 1e6:,.0f} MB; peak RSS {mb(rss.peak_total)} "
+            f"(DuckDB memory limit {args.memory_limit}); load average "
+            + " ".join(f"{x:.2f}" for x in os.getloadavg())
         )
         print("rows: " + ", ".join(f"{t} {n:,}" for t, n in counts.items() if t not in ("meta", "ingested")))
         with ResearchDB.open(db) as database:
@@ -144,6 +152,12 @@ def main() -> None:
         print(f"parquet export: {parquet / 1e6:,.0f} MB in {time.perf_counter() - t0:.1f} s")
         db.unlink(missing_ok=True)
         shutil.rmtree(world / f"parquet-{run}", ignore_errors=True)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all its threads (DuckDB's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

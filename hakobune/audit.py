@@ -85,6 +85,7 @@ ACTIONS: tuple[str, ...] = (
     "study.submit",
     "study.decide",
     "research.run",
+    "research.ingest",
 )
 
 #: ``details`` keys (at any depth, case-insensitive, ``-`` read as ``_``) refused because they would
@@ -1049,6 +1050,7 @@ FHIR_MAPPING: dict[str, tuple[str, str, str | None]] = {
     "media.open": ("110107", "C", None),
     "study.submit": ("110100", "C", None),
     "study.decide": ("110100", "U", None),
+    "research.ingest": ("110107", "C", None),
     "research.run": ("110100", "E", None),
 }
 _DEFAULT_MAPPING: tuple[str, str, str | None] = ("110100", "E", None)

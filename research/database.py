@@ -38,6 +38,10 @@ INGEST_TABLES: dict[str, str] = {
         )""",
 }
 
+#: DuckDB's memory cap for ingest (``research ingest --memory-limit``): what is staged beyond it spills to
+#: :func:`temp_directory`, so ingest's peak memory does not grow with a hospital's size.
+INGEST_MEMORY_LIMIT = "256MB"
+
 #: The analysis tables written by ``export-parquet`` (the ingest bookkeeping stays in the database).
 EXPORTED = tuple(TABLES)
 
@@ -79,6 +83,9 @@ class ResearchDB:
                 )
             # Ingest never relies on row order; without it DuckDB streams large inserts in less memory.
             conn.execute("SET preserve_insertion_order = false")
+            # Past its memory limit DuckDB spills here (beside the database, never the working folder).
+            conn.execute("SET temp_directory = ?", [str(temp_directory(path))])
+            conn.execute("SET enable_progress_bar = false")
             if memory_limit is not None:
                 conn.execute("SET memory_limit = ?", [memory_limit])
             create_all(conn)
@@ -139,6 +146,12 @@ class ResearchDB:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def temp_directory(path: Path) -> Path:
+    """Where DuckDB spills what exceeds its memory limit: ``<database>.tmp`` beside the database (DuckDB
+    removes its files on close, and a crashed process's files at the next open)."""
+    return path.with_name(path.name + ".tmp")
 
 
 def _schema_version(conn: duckdb.DuckDBPyConnection) -> int | None:

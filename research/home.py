@@ -8,6 +8,7 @@
       protocols/<study>/  the submitted protocol files, copied (their SHA-256 is in the registry)
       released/<study>/<run>/  what left the analysis center: table.csv, table.html, charts, note.md
       audit/              the audit log (hakobune.audit): study.submit, study.decide, research.run
+                          (and research.ingest when its --audit points here)
       research.duckdb     the de-identified database (default of --db; research ingest fills it)
 
 ``--home DIR`` or the environment variable HAKOBUNE_RESEARCH_HOME names it.

@@ -3,30 +3,39 @@
 For every hospital partition the chain is planned from the newest baseline (:func:`restore.chain.plan_chain`
 on the ``research`` stream), and every changeset not applied yet is, in sequence order:
 
-1. verified and opened with :func:`hakobune.sealed.open_changeset`: signature by the hospital's registered
-   agent key, the hospital named inside, key table and payload hashes, then the epoch key opened with the
-   analysis center's private key — a tampered, forged or foreign file, or one sealed to another key, is
-   refused here with one line naming it, before anything is applied;
-2. applied in **one DuckDB transaction** (all or nothing): a baseline first removes every row of that
-   hospital; ``put`` replaces the rows of its ``rkey``, ``del`` removes them; tombstones remove every row
-   of the pseudonym the token stands for (``tokens``); then one ``ingested`` row.
+1. verified and opened (:func:`_open_changeset`): signature by the hospital's registered agent key, the
+   hospital named inside, key table and payload hashes, then the epoch key opened with the analysis
+   center's private key — a tampered, forged or foreign file, or one sealed to another key, is refused
+   here with one line naming it, before anything is applied;
+2. staged in bounded batches (:class:`_Stage`): decrypted frames are appended as they come, unparsed, to
+   a scratch NDJSON file beside the database; every :data:`FLUSH_BYTES` DuckDB's JSON reader parses the
+   batch, checks it, and writes each table's rows, the batch's tokens and (for a delta) the ``rkey`` of
+   every put and del as Parquet files in the scratch folder.  The database is not touched; a bad batch
+   refuses the changeset;
+3. applied in **one DuckDB transaction** (all or nothing, :func:`_apply`): a baseline first removes every
+   row of that hospital; ``put`` replaces the rows of its ``rkey``, ``del`` removes them; tombstones remove
+   every row of the pseudonym the token stands for (``tokens``); then one ``ingested`` row.  Each table
+   takes its rows with one ``INSERT … SELECT`` streaming from the staged files.
+
+Memory does not grow with the hospital's size: Python holds one frame and one batch's tokens, DuckDB one
+batch and, while applying, no more than its memory limit (large inserts go to the database file as they
+are written; the rest spills to ``<database>.tmp``).  A crash leaves the database as it was and a scratch
+folder ``.<database>.ingest-*``, which the next ingest removes.
 
 Already applied sequences are skipped (idempotent); a missing sequence or a broken link stops that
 hospital's run there and is reported (a gap); a refused changeset stops its hospital too (what follows it
-cannot be applied) and the others go on.
-
-Bulk loading: decrypted frames are appended as they come, unparsed, to a temporary NDJSON file beside the
-database, and DuckDB's JSON reader loads it into a temporary table in one statement per 256 MB; each table
-then takes its rows with one ``INSERT … SELECT``.  Python touches each frame once (a few byte counts check
-that every operation of a frame belongs to the frame's patient), never each record.
+cannot be applied) and the others go on.  Python touches each frame once (a few byte counts check that
+every operation of a frame belongs to the frame's patient), never each record.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import struct
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,19 +43,33 @@ from typing import BinaryIO
 
 import duckdb
 import orjson
+import zstandard
 
 from center.catalog import Catalog
 from center.config import load_center_config
 from hakobune.errors import InputError
 from hakobune.keys import RecipientPrivateKey, VerifyKey, load_verify_key
 from hakobune.naming import Stream, check_hospital_id
-from hakobune.sealed import SealedFile, open_changeset
+from hakobune.sealed import (
+    ENTRY_SIZE,
+    Frame,
+    Header,
+    SealedFile,
+    open_epoch,
+    open_frame,
+    open_key_entry,
+    verify,
+)
 from research.database import ResearchDB, first_line
 from restore.chain import plan_chain
 
 STREAM: Stream = "research"
-#: Bytes of operations loaded per statement (memory is bounded by this and by what one changeset adds).
-FLUSH_BYTES = 64 << 20
+#: Bytes of operation lines staged per batch: what DuckDB parses at once (memory is bounded by this and by
+#: DuckDB's memory limit, never by the size of the changeset).
+FLUSH_BYTES = 32 << 20
+#: The longest operation line accepted (a research record is a few hundred bytes).
+MAX_OPERATION_BYTES = 1 << 20
+_TWO_PSEUDONYMS = "one patient token stands for two pseudonyms"
 
 _KEY = 'STRUCT(pid VARCHAR, "date" VARCHAR, "type" VARCHAR, "order" VARCHAR, item VARCHAR)'
 _COMPONENT = "STRUCT(role VARCHAR, code VARCHAR, system VARCHAR, amount DOUBLE, unit VARCHAR)"
@@ -144,6 +167,18 @@ class IngestReport:
     def bytes(self) -> int:
         return sum(h.bytes for h in self.hospitals)
 
+    def audit_details(self) -> dict[str, object]:
+        """What the audit log keeps of a run: counts only (never a pseudonym, a token or a record)."""
+        return {
+            "hospitals": len(self.hospitals),
+            "changesets": sum(len(h.applied) for h in self.hospitals),
+            "records": self.records,
+            "deletions": sum(h.dels for h in self.hospitals),
+            "tombstones": sum(h.tombstones for h in self.hospitals),
+            "refused": len(self.refused),
+            "gaps": sum(1 for h in self.hospitals if h.gap),
+        }
+
     def to_json(self) -> dict[str, object]:
         return {
             "hospitals": [h.__dict__ for h in self.hospitals],
@@ -206,11 +241,23 @@ def ingest(
     """Apply every new research changeset of every source to ``db``; ``on_changeset`` hears of each one
     applied."""
     started = time.perf_counter()
+    _sweep_scratch(db)
     report = IngestReport()
     for source in sources:
         report.hospitals.append(_ingest_hospital(db, source, private, now, on_changeset))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _scratch_prefix(db: ResearchDB) -> str:
+    return f".{db.path.name}.ingest-"
+
+
+def _sweep_scratch(db: ResearchDB) -> None:
+    """Remove the scratch folders a crashed ingest left beside the database (``db`` is open for writing,
+    so no other ingest of it runs)."""
+    for leftover in db.path.parent.glob(_scratch_prefix(db) + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _ingest_hospital(
@@ -270,26 +317,92 @@ def apply_changeset(
     *,
     now: datetime | None = None,
 ) -> tuple[int, int, int]:
-    """Verify, decrypt and apply one research changeset in one transaction.  Returns (puts, dels,
-    tombstones).  :class:`InputError` naming the file if it is refused; nothing of it is then applied."""
+    """Verify, decrypt and apply one research changeset: staged in bounded batches, then applied in one
+    transaction.  Returns (puts, dels, tombstones).  :class:`InputError` naming the file if it is refused;
+    nothing of it is then applied."""
     path = sealed.path
-    opened, frames, _ = open_changeset(path, private, signer, hospital=sealed.header.hospital)
+    opened, frames = _open_changeset(path, private, signer, hospital=sealed.header.hospital)
     header = opened.header
     if header.stream != STREAM:
         raise InputError(str(path), f"a {header.stream} changeset, not a research one")
+    scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(db), dir=db.path.parent))
+    stage = _Stage(db.conn, scratch, header.hospital, delta=header.kind != "baseline", where=str(path))
+    try:
+        for frame in frames:
+            stage.add(frame.token.hex(), frame.ops)
+        stage.flush()
+        stage.check()
+        _apply(db.conn, stage, header, now or datetime.now(UTC))
+    except duckdb.Error as e:
+        raise InputError(str(path), f"cannot be applied ({first_line(e)})") from None
+    finally:
+        stage.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return stage.puts, stage.dels, len(header.tombstones)
+
+
+def _open_changeset(
+    path: Path, private: RecipientPrivateKey, signer: VerifyKey, *, hospital: str
+) -> tuple[SealedFile, Iterator[Frame]]:
+    """:func:`hakobune.sealed.open_changeset` in memory that does not grow with the changeset: each
+    patient's key entry is read and unwrapped when its frame comes, and dropped after (the whole opened
+    key table of a 100,000-patient changeset, an AES-GCM object per patient, took 250 MB).  The file is
+    verified first (signature, key-table and payload hashes); every frame is authenticated as it is
+    opened."""
+    sealed = verify(path, signer, hospital=hospital)
+    epoch = open_epoch(sealed, private)
+    header = sealed.header
+
+    def frames() -> Iterator[Frame]:
+        dctx = zstandard.ZstdDecompressor()
+        with open(path, "rb") as f:
+            f.seek(header.keys_offset + header.key_count * ENTRY_SIZE)
+            for i in range(header.frames):  # framing and key indexes were checked by verify
+                length, index = struct.unpack(">II", f.read(8))
+                body = f.read(length - 4)
+                raw = os.pread(f.fileno(), ENTRY_SIZE, header.keys_offset + index * ENTRY_SIZE)
+                entry = open_key_entry(epoch, sealed, index, raw)
+                if entry.aead is not None:  # else the patient was shredded
+                    yield Frame(entry.token, open_frame(sealed, i, entry, body, dctx))
+
+    return sealed, frames()
+
+
+def _apply(conn: duckdb.DuckDBPyConnection, stage: _Stage, header: Header, now: datetime) -> None:
+    """The staged changeset into the real tables, in one transaction of bulk statements (each streams
+    from the staged files; DuckDB writes large inserts to the database file as they go, so the
+    transaction holds no more than its memory limit)."""
     source = header.hospital
-    conn = db.conn
-    scratch = Path(tempfile.mkdtemp(prefix=".ingest-", dir=db.path.parent))
     conn.begin()
     try:
-        if header.kind == "baseline":
+        if not stage.delta:
             _clear_source(conn, source)
-        loader = _Loader(conn, scratch, source, replace=header.kind != "baseline", where=str(path))
-        for frame in frames:
-            loader.add(frame.token.hex(), frame.ops)
-        loader.flush()
-        pids = loader.pids | _tombstone(conn, source, list(header.tombstones))
-        _rebuild_patients(conn, source, None if header.kind == "baseline" else pids)
+        elif stage.batches:
+            for table in _RKEY_TABLES:
+                conn.execute(
+                    f"DELETE FROM {table} WHERE rkey IN (SELECT rkey FROM read_parquet($files))",
+                    {"files": stage.files("touched")},
+                )
+        if stage.batches:
+            for table in _RKEY_TABLES:
+                conn.execute(
+                    f"INSERT INTO {table} SELECT * FROM read_parquet($files)", {"files": stage.files(table)}
+                )
+            tokens = {"source": source, "files": stage.files("tokens")}
+            conn.execute(
+                "INSERT INTO tokens SELECT DISTINCT $source, token, pid FROM read_parquet($files) "
+                "ON CONFLICT DO NOTHING",
+                tokens,
+            )
+            clash = conn.execute(
+                "SELECT count(*) FROM tokens t JOIN read_parquet($files) s ON t.token = s.token "
+                "WHERE t.source = $source AND t.pid <> s.pid",
+                tokens,
+            ).fetchone()
+            if clash and clash[0]:
+                raise InputError(stage.where, "a patient token stands for another pseudonym than before")
+        _tombstone(conn, source, list(header.tombstones))
+        _rebuild_patients(conn, source, stage.files("tokens") if stage.delta else None)
         conn.execute(
             "INSERT INTO ingested VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -297,41 +410,41 @@ def apply_changeset(
                 header.sequence,
                 header.hash,
                 header.kind,
-                (now or datetime.now(UTC)).replace(tzinfo=None),
-                loader.puts,
-                loader.dels,
+                now.replace(tzinfo=None),
+                stage.puts,
+                stage.dels,
                 len(header.tombstones),
             ],
         )
         conn.commit()
-    except duckdb.Error as e:
-        conn.rollback()
-        raise InputError(str(path), f"cannot be applied ({first_line(e)})") from None
     except BaseException:
         conn.rollback()
         raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return loader.puts, loader.dels, len(header.tombstones)
 
 
-class _Loader:
-    """Collects a changeset's operations in a scratch NDJSON file and loads them in bulk."""
+class _Stage:
+    """A changeset's rows, staged batch by batch as Parquet files in a scratch folder beside the database:
+    per batch, one file per table it fills (``labs-<n>.parquet`` …), its tokens (``tokens-<n>``: token,
+    pseudonym) and, for a delta, the ``rkey`` of every put and del (``touched-<n>``).  DuckDB parses one
+    batch at a time and the database is not touched until :func:`_apply`; a crash leaves only the scratch
+    folder, which the next ingest removes."""
 
     def __init__(
-        self, conn: duckdb.DuckDBPyConnection, scratch: Path, source: str, *, replace: bool, where: str
+        self, conn: duckdb.DuckDBPyConnection, scratch: Path, source: str, *, delta: bool, where: str
     ) -> None:
         self.conn = conn
+        self.scratch = scratch
         self.source = source
-        self.replace = replace
+        self.delta = delta
         self.where = where
         self.path = scratch / "ops.ndjson"
-        self._file: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed in flush
+        self._file: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed in flush and close
         self._size = 0
+        #: Token -> pseudonym of the current batch (across batches: :meth:`check`).
         self._tokens: dict[str, str] = {}
-        self.pids: set[str] = set()
         self.puts = 0
         self.dels = 0
+        self.batches = 0
 
     def add(self, token: str, ops: list[bytes]) -> None:
         """One frame: ``ops`` are one patient's operation lines."""
@@ -350,8 +463,7 @@ class _Loader:
             raise InputError(self.where, "a frame mixes operations of different patients")
         known = self._tokens.setdefault(token, pid)
         if known != pid:
-            raise InputError(self.where, "one patient token stands for two pseudonyms")
-        self.pids.add(pid)
+            raise InputError(self.where, _TWO_PSEUDONYMS)
         self.puts += puts
         self.dels += dels
         if not data.endswith(b"\n"):
@@ -362,62 +474,76 @@ class _Loader:
             self.flush()
 
     def flush(self) -> None:
+        """Stage the batch written so far."""
         self._file.close()
         if self._size:
             self._load()
+            self.batches += 1
         self._file = open(self.path, "wb")  # noqa: SIM115
         self._size = 0
+
+    def files(self, name: str) -> list[str]:
+        """The staged files of a table (or ``tokens``, ``touched``), one per batch."""
+        return [str(self.scratch / f"{name}-{n}.parquet") for n in range(self.batches)]
+
+    def check(self) -> None:
+        """What no single batch can see: a token standing for two pseudonyms in different batches."""
+        if self.batches < 2:
+            return
+        two = self.conn.execute(
+            "SELECT count(*) FROM (SELECT token FROM read_parquet($files) GROUP BY token "
+            "HAVING min(pid) <> max(pid))",
+            {"files": self.files("tokens")},
+        ).fetchone()
+        if two and two[0]:
+            raise InputError(self.where, _TWO_PSEUDONYMS)
+
+    def close(self) -> None:
+        self._file.close()
+        self.conn.execute("DROP TABLE IF EXISTS _stage_ops")
+
+    def _copy(self, name: str, select: str, params: Mapping[str, object] | None = None) -> None:
+        target = str(self.scratch / f"{name}-{self.batches}.parquet").replace("'", "''")
+        self.conn.execute(f"COPY ({select}) TO '{target}' (FORMAT parquet, COMPRESSION snappy)", params)
 
     def _load(self) -> None:
         c = self.conn
         c.execute(
-            f"CREATE OR REPLACE TEMP TABLE _ops AS SELECT * FROM read_json(?, format = 'newline_delimited', "
-            f"columns = {_OPS_COLUMNS}, maximum_object_size = {64 << 20})",
+            "CREATE OR REPLACE TEMP TABLE _stage_ops AS SELECT * FROM read_json(?, format = "
+            f"'newline_delimited', columns = {_OPS_COLUMNS}, maximum_object_size = {MAX_OPERATION_BYTES})",
             [str(self.path)],
         )
         kinds = ", ".join(f"'{k}'" for k in _KINDS)
         bad = c.execute(
-            "SELECT count(*) FROM _ops WHERE NOT coalesce("
+            "SELECT count(*) FROM _stage_ops WHERE NOT coalesce("
             f"(del IS NULL AND put.v = 1 AND put.kind IN ({kinds}) AND put.r.key.pid IS NOT NULL) "
             "OR (put IS NULL AND len(del) = 5), false)"
         ).fetchone()
         if bad and bad[0]:
             raise InputError(self.where, f"{bad[0]} operations are not research records of a known kind")
-        if self.replace:
-            c.execute(
-                "CREATE OR REPLACE TEMP TABLE _touched AS "
-                f"SELECT {_RKEY} AS rkey FROM _ops WHERE put IS NOT NULL "
-                "UNION ALL SELECT array_to_string(del, '/') FROM _ops WHERE del IS NOT NULL"
+        if self.delta:
+            self._copy(
+                "touched",
+                f"SELECT {_RKEY} AS rkey FROM _stage_ops WHERE put IS NOT NULL "
+                "UNION ALL SELECT array_to_string(del, '/') FROM _stage_ops WHERE del IS NOT NULL",
             )
-            for table in _RKEY_TABLES:
-                c.execute(f"DELETE FROM {table} WHERE rkey IN (SELECT rkey FROM _touched)")
         for kind, (table, columns) in _INSERTS.items():
-            c.execute(
-                f"INSERT INTO {table} SELECT {columns} FROM _ops WHERE put.kind = $kind",
-                {"kind": kind, "source": self.source} if "$source" in columns else {"kind": kind},
-            )
-        c.execute(
-            "INSERT INTO injections SELECT rkey, pid, d, event, c.role, c.code, c.system, c.amount, c.unit, "
-            "age "
+            params = {"kind": kind, "source": self.source} if "$source" in columns else {"kind": kind}
+            self._copy(table, f"SELECT {columns} FROM _stage_ops WHERE put.kind = $kind", params)
+        self._copy(
+            "injections",
+            "SELECT rkey, pid, d, event, c.role, c.code, c.system, c.amount, c.unit, age "
             f'FROM (SELECT {_RKEY} AS rkey, put.r.key.pid AS pid, put.r."date" AS d, put.r.event AS event, '
             f"put.r.age AS age, unnest(CASE WHEN len(put.r.components) > 0 THEN put.r.components "
-            f"ELSE {_NO_COMPONENT} END) AS c FROM _ops WHERE put.kind = 'injection')"
+            f"ELSE {_NO_COMPONENT} END) AS c FROM _stage_ops WHERE put.kind = 'injection')",
         )
-        tokens, pids = list(self._tokens), list(self._tokens.values())
-        c.execute(
-            "INSERT INTO tokens SELECT $source, unnest($tokens), unnest($pids) ON CONFLICT DO NOTHING",
-            {"source": self.source, "tokens": tokens, "pids": pids},
+        self._copy(
+            "tokens",
+            "SELECT unnest($tokens) AS token, unnest($pids) AS pid",
+            {"tokens": list(self._tokens), "pids": list(self._tokens.values())},
         )
-        clash = c.execute(
-            "SELECT count(*) FROM tokens t JOIN (SELECT unnest($tokens) AS token, unnest($pids) AS pid) b "
-            "ON t.token = b.token WHERE t.source = $source AND t.pid <> b.pid",
-            {"source": self.source, "tokens": tokens, "pids": pids},
-        ).fetchone()
-        if clash and clash[0]:
-            raise InputError(self.where, "a patient token stands for another pseudonym than before")
         self._tokens = {}
-        c.execute("DROP TABLE IF EXISTS _ops")
-        c.execute("DROP TABLE IF EXISTS _touched")
+        c.execute("DROP TABLE _stage_ops")
 
 
 def _first_pid(line: bytes, where: str) -> str:
@@ -464,16 +590,17 @@ def _tombstone(conn: duckdb.DuckDBPyConnection, source: str, tokens: list[str]) 
     return set(pids)
 
 
-def _rebuild_patients(conn: duckdb.DuckDBPyConnection, source: str, pids: set[str] | None) -> None:
-    """``patients`` rows of ``pids`` (None: the whole source) from their patient records: the
-    date-independent one first, else the newest care date."""
+def _rebuild_patients(conn: duckdb.DuckDBPyConnection, source: str, tokens: list[str] | None) -> None:
+    """``patients`` rows from their patient records (the date-independent one first, else the newest care
+    date): of the whole source after a baseline (``tokens`` None), else of the patients in the staged
+    token files."""
     params: dict[str, object]
-    if pids is None:
+    if tokens is None:
         where, params = "source = $source", {"source": source}
-    elif not pids:
+    elif not tokens:
         return
     else:
-        where, params = "pid IN (SELECT unnest($pids))", {"pids": list(pids)}
+        where, params = "pid IN (SELECT pid FROM read_parquet($files))", {"files": tokens}
     conn.execute(f"DELETE FROM patients WHERE {where}", params)
     conn.execute(
         "INSERT INTO patients SELECT pid, link, source, sex, birth_ym FROM patient_records "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from hakobune import audit as audit_log
+from hakobune.commands.options import actor_option, audit_option
 from hakobune.console import console, err_console, print_json, progress
 from hakobune.errors import ConfigError
 from hakobune.keys import (
@@ -17,7 +19,7 @@ from hakobune.keys import (
 )
 from hakobune.sealed import SealedFile
 from research.cli import app as app
-from research.database import ResearchDB
+from research.database import INGEST_MEMORY_LIMIT, ResearchDB
 from research.ingest import IngestReport, ingest, sources_from_center, sources_from_store
 
 
@@ -34,13 +36,18 @@ def ingest_command(
     ),
     key: Path = typer.Option(..., "--key", help="The analysis center's private key (0600)."),
     db: Path = typer.Option(..., "--db", help="The research database (DuckDB file; created if missing)."),
-    memory_limit: str | None = typer.Option(
-        None, "--memory-limit", help="Cap DuckDB's memory, e.g. 2GB (default: DuckDB's, 80% of RAM)."
+    memory_limit: str = typer.Option(
+        INGEST_MEMORY_LIMIT,
+        "--memory-limit",
+        help="DuckDB's memory cap (it spills the rest beside the database), e.g. 1GB.",
     ),
+    audit: Path = audit_option(),
+    actor: str = actor_option(),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Load every new research changeset into the de-identified database, hospital by hospital, each
-    changeset verified, decrypted and applied in one transaction.  Exit status 2 if any was refused."""
+    changeset verified, decrypted, staged and applied in one transaction (audit: research.ingest).  Exit
+    status 2 if any was refused."""
     if (center is None) == (store is None):
         raise ConfigError("give either --center HOME or --store DIR (with --agent-keys DIR)")
     if store is not None and agent_keys is None:
@@ -60,6 +67,7 @@ def ingest_command(
 
         report = ingest(database, sources, private, on_changeset=tick)
         counts = database.counts()
+    audit_log.record(audit, "research.ingest", actor=actor, details=report.audit_details())
     doc = {**report.to_json(), "tables": counts}
     if json_out:
         print_json(doc)

@@ -4,7 +4,12 @@ idempotent re-runs, and every way a changeset must be refused with nothing of it
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
+from contextlib import nullcontext
 from pathlib import Path
 
 import duckdb
@@ -13,12 +18,14 @@ from typer.testing import CliRunner
 
 from agent.consent import ConsentRegistry
 from agent.home import open_state_db
+from hakobune.audit import LOG_FILE, read_entries, verify_log
 from hakobune.cli import app
 from hakobune.errors import InputError
 from hakobune.keys import RecipientPrivateKey, SigningKey, load_signing_key, write_key
 from hakobune.naming import changeset_name
-from hakobune.sealed import ChangesetWriter, Epoch, read_header
+from hakobune.sealed import FRAME_TARGET, ChangesetWriter, Epoch, read_header
 from hakobune.synth import SSMIX2_DIR, advance, generate
+from research import ingest as research_ingest
 from research.database import ResearchDB
 from research.ingest import ingest, sources_from_center, sources_from_store
 from tests.research.conftest import (
@@ -57,6 +64,16 @@ def _synced(pipe: RsPipeline, db: Path) -> None:
     assert not report.rejected, report.rejected
     rep = pipe.research_ingest(db)
     assert not rep.refused, rep.refused
+
+
+def _assert_no_leftovers(db: Path, database: ResearchDB | None = None) -> None:
+    """No staging table (in the connection that ingested, when given) and no scratch folder beside ``db``."""
+    with ResearchDB.open(db) if database is None else nullcontext(database) as conn:
+        staged = conn.conn.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE starts_with(table_name, '_stage_')"
+        ).fetchone()
+    assert staged == (0,)
+    assert not list(db.parent.glob(f".{db.name}.ingest-*"))
 
 
 def test_end_to_end_rows_equal_the_source_minus_opt_outs_then_an_incremental_day(
@@ -121,12 +138,35 @@ def test_cli_ingest_from_a_store_with_agent_key_files(rs_pipe: RsPipeline, tmp_p
     store = rs_pipe.world.center.layout.home / "store"
     db = tmp_path / "cli.duckdb"
     args = ["research", "ingest", "--store", str(store), "--agent-keys", str(keys)]
-    result = CliRunner().invoke(
-        app, [*args, "--key", str(tmp_path / "analysis.key"), "--db", str(db), "--json"]
-    )
+    log = tmp_path / "audit"
+    args += ["--key", str(tmp_path / "analysis.key"), "--db", str(db), "--json"]
+    result = CliRunner().invoke(app, [*args, "--audit", str(log), "--actor", "data-manager"])
     assert result.exit_code == 0, result.output
     assert '"changesets": 1' in result.output and '"refused": []' in result.output
     assert rs_db_rows(db) == rs_expected_rows(rs_pipe.ssmix2, rs_pipe.pseudonymizer())
+
+    # One audit entry per run, counts only: no pseudonym, token or record of the database is in the log.
+    [entry] = list(read_entries(log))
+    with ResearchDB.open(db) as database:
+        records = database.conn.execute("SELECT sum(puts) FROM ingested").fetchone()
+        secrets = database.conn.execute(
+            "SELECT pid FROM patients UNION ALL SELECT token FROM tokens UNION ALL SELECT link FROM patients "
+            "WHERE link IS NOT NULL UNION ALL SELECT rkey FROM labs"
+        ).fetchall()
+    assert (entry.action, entry.actor, entry.hospital) == ("research.ingest", "data-manager", "")
+    assert records is not None and records[0] > 0
+    assert entry.details == {
+        "hospitals": 1,
+        "changesets": 1,
+        "records": records[0],
+        "deletions": 0,
+        "tombstones": 0,
+        "refused": 0,
+        "gaps": 0,
+    }
+    text = (log / LOG_FILE).read_text()
+    assert secrets and not [s for (s,) in secrets if s in text]
+    assert verify_log(log).ok
 
     # A hospital whose agent key file is missing is refused by name; nothing of it is applied.
     (keys / f"{RS_HOSPITAL}.pub").unlink()
@@ -181,13 +221,16 @@ _LAB = (
 )
 
 
-@pytest.mark.parametrize("attack", ["tampered", "forged", "wrong-key", "bad-frame", "mixed-patients"])
+@pytest.mark.parametrize(
+    "attack", ["tampered", "forged", "wrong-key", "bad-frame", "mixed-patients", "token-two-pseudonyms"]
+)
 def test_refused_changesets_name_the_file_and_apply_nothing(
-    rs_pipe: RsPipeline, tmp_path: Path, attack: str
+    rs_pipe: RsPipeline, tmp_path: Path, attack: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "r.duckdb"
     _synced(rs_pipe, db)
     before = rs_db_rows(db)
+    monkeypatch.setattr(research_ingest, "FLUSH_BYTES", 1)  # every frame its own staged batch
     key = rs_pipe.analysis
     good = [_LAB % b"a"]
     if attack == "tampered":
@@ -215,7 +258,7 @@ def test_refused_changesets_name_the_file_and_apply_nothing(
             key,
         )
         expected = "not research records of a known kind"
-    else:
+    elif attack == "mixed-patients":
         victim = _next_forged(
             rs_pipe,
             _agent_signing_key(rs_pipe),
@@ -223,6 +266,10 @@ def test_refused_changesets_name_the_file_and_apply_nothing(
             key,
         )
         expected = "mixes operations of different patients"
+    else:  # one patient's frames, each consistent, the second (another batch) naming another pseudonym
+        first_frame = [_LAB % b"a"] * -(-FRAME_TARGET // len(_LAB % b"a"))
+        victim = _next_forged(rs_pipe, _agent_signing_key(rs_pipe), [good, [*first_frame, _LAB % b"b"]], key)
+        expected = "one patient token stands for two pseudonyms"
     report = rs_pipe.research_ingest(db)
     assert len(report.refused) == 1, report.refused
     file, reason = report.refused[0]
@@ -238,11 +285,15 @@ def test_refused_changesets_name_the_file_and_apply_nothing(
         app,
         [
             *("research", "ingest", "--center", str(rs_pipe.center_home)),
-            *("--key", str(tmp_path / "analysis.key"), "--db", str(db)),
+            *("--key", str(tmp_path / "analysis.key"), "--db", str(db), "--audit", str(tmp_path / "log")),
         ],
     )
     assert result.exit_code == 2
     assert victim.name in result.output and expected in result.output
+    [entry] = list(read_entries(tmp_path / "log"))
+    assert entry.action == "research.ingest" and entry.details["refused"] == 1
+    assert entry.details["changesets"] == 0 and entry.details["records"] == 0
+    _assert_no_leftovers(db)
 
 
 def test_ingest_with_the_wrong_analysis_key_refuses_the_baseline(rs_pipe: RsPipeline, tmp_path: Path) -> None:
@@ -298,3 +349,89 @@ def test_sources_from_center_name_each_hospital_with_its_registered_key(rs_pipe:
     rs_pipe.center_ingest()
     [source] = sources_from_center(rs_pipe.center_home)
     assert source.hospital == RS_HOSPITAL and source.key == rs_pipe.agent_key()
+
+
+class _PowerCut(Exception):
+    """Stands for a crash: nothing catches it."""
+
+
+@pytest.mark.parametrize("when", ["staging", "applying"])
+def test_a_crash_mid_changeset_leaves_the_database_as_before_and_the_next_run_applies_it(
+    rs_pipe: RsPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    db = tmp_path / "r.duckdb"
+    _synced(rs_pipe, db)
+    before = rs_db_rows(db)
+    advance(rs_pipe.ssmix2.parent, 1, workers=1, change_rate=0.3)
+    rs_pipe.sync()
+    rs_pipe.center_ingest()
+
+    monkeypatch.setattr(research_ingest, "FLUSH_BYTES", 4096)
+    batches: list[int] = []
+    load = research_ingest._Stage._load
+
+    def load_then_crash(stage: research_ingest._Stage) -> None:
+        load(stage)
+        batches.append(1)
+        if when == "staging" and len(batches) == 3:  # three batches are staged and committed
+            raise _PowerCut
+
+    def crash(*args: object) -> None:
+        raise _PowerCut
+
+    monkeypatch.setattr(research_ingest._Stage, "_load", load_then_crash)
+    if when == "applying":  # after the real tables took the deletes and the staged rows
+        monkeypatch.setattr(research_ingest, "_tombstone", crash)
+    with ResearchDB.open(db) as database:
+        with pytest.raises(_PowerCut):
+            ingest(database, sources_from_center(rs_pipe.center_home), rs_pipe.analysis)
+        _assert_no_leftovers(db, database)
+    assert len(batches) >= 3
+    assert rs_db_rows(db) == before
+
+    monkeypatch.undo()
+    report = rs_pipe.research_ingest(db)
+    assert report.hospitals[0].applied == [2] and not report.refused
+    assert rs_db_rows(db) == rs_expected_rows(rs_pipe.ssmix2, rs_pipe.pseudonymizer())
+
+
+def test_a_killed_ingest_leaves_nothing_and_the_next_run_cleans_up_and_applies(
+    rs_pipe: RsPipeline, tmp_path: Path
+) -> None:
+    rs_pipe.sync()
+    rs_pipe.center_ingest()
+    write_key(tmp_path / "analysis.key", rs_pipe.analysis)
+    db = tmp_path / "r.duckdb"
+    script = textwrap.dedent(
+        f"""
+        import os
+        from pathlib import Path
+        from hakobune.keys import load_recipient_private
+        from research import ingest as ri
+        from research.database import ResearchDB
+
+        ri.FLUSH_BYTES = 4096
+        load, staged = ri._Stage._load, []
+
+        def load_then_die(stage):
+            load(stage)
+            staged.append(1)
+            if len(staged) == 3:
+                os._exit(9)
+
+        ri._Stage._load = load_then_die
+        with ResearchDB.open(Path({str(db)!r})) as database:
+            key = load_recipient_private(Path({str(tmp_path / "analysis.key")!r}))
+            ri.ingest(database, ri.sources_from_center(Path({str(rs_pipe.center_home)!r})), key)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    died = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True)
+    assert died.returncode == 9, died.stderr.decode()
+    assert list(tmp_path.glob(f".{db.name}.ingest-*"))  # the killed run's scratch folder
+    assert all(not rows for rows in rs_db_rows(db).values())
+
+    report = rs_pipe.research_ingest(db)
+    assert report.hospitals[0].applied == [1] and not report.refused
+    assert rs_db_rows(db) == rs_expected_rows(rs_pipe.ssmix2, rs_pipe.pseudonymizer())
+    _assert_no_leftovers(db)
