@@ -54,6 +54,7 @@ def research_keys(world: DrillWorld) -> tuple[Path, Path]:
 
 
 def stage_research(world: DrillWorld) -> dict[str, Any]:
+    from hakobune import audit
     from hakobune.keys import load_recipient_private
     from research.analysis import run_analysis
     from research.database import ResearchDB
@@ -70,6 +71,7 @@ def stage_research(world: DrillWorld) -> dict[str, Any]:
         for t in ("patients", "conditions", "labs", "prescriptions", "injections", "allergies"):
             row = db.conn.execute(f"SELECT count(*) FROM {t}").fetchone()
             counts[t] = int(row[0]) if row else 0
+    audit.record(home.audit, "research.ingest", actor="drill", details=report.audit_details())
     if report.refused:
         raise HakobuneError("research ingest refused: " + "; ".join(f"{f}: {r}" for f, r in report.refused))
     if not counts["patients"]:
