@@ -38,6 +38,9 @@ from hakobune.sealed import ChangesetWriter
 
 #: Patients per worker task.
 BATCH = 32
+#: New sent-unit rows are inserted this many at a time: each holds its records' hashes (a few KB for a lab
+#: file), so a larger batch costs the daily sync's peak RSS more than it saves in statements.
+UNIT_ROWS_PER_INSERT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,7 +368,7 @@ class Builder:
         return ops
 
     def _flush_units(self, force: bool = False) -> None:
-        if self._unit_rows and (force or len(self._unit_rows) >= 2000):
+        if self._unit_rows and (force or len(self._unit_rows) >= UNIT_ROWS_PER_INSERT):
             self.session.execute(insert(SentUnit), self._unit_rows)
             self._unit_rows = []
 
