@@ -71,11 +71,28 @@ def demographics(patient_id: str, records: Iterable[Record]) -> Patient:
     return Patient(RecordKey(patient_id, "-", "ADT-00", "", ""))
 
 
+_PATIENT_ENCODING = b'{"kind":"patient"'
+
+
 def patient_row(patient_id: str, encoded: Iterable[bytes]) -> PatientRow:
     """A row from encodings; only the demographics record is decoded here."""
     lines = tuple(encoded)
-    adt = [decode(e) for e in lines if e.startswith(b'{"kind":"patient"')]
+    adt = [decode(e) for e in lines if e.startswith(_PATIENT_ENCODING)]
     return PatientRow(patient_id, demographics(patient_id, adt), lines)
+
+
+def stored_row(patient_id: str, blob: bytes, dctx: zstandard.ZstdDecompressor) -> PatientRow:
+    """A row from its stored form (the ``records`` column): the same row as :func:`patient_row` of its
+    encodings, found without looking at each line (a quote that starts no line is escaped)."""
+    data = dctx.decompress(blob)
+    lines = tuple(filter(None, data.split(b"\n")))
+    at = data.find(_PATIENT_ENCODING)
+    if at < 0:
+        return PatientRow(patient_id, demographics(patient_id, ()), lines)
+    end = data.find(b"\n", at)
+    return PatientRow(
+        patient_id, demographics(patient_id, [decode(data[at : end if end >= 0 else None])]), lines
+    )
 
 
 class RestoreDB:
@@ -126,8 +143,10 @@ class RestoreDB:
 
     # --- writing ----------------------------------------------------------------------------------------
 
-    def add(self, patient: Patient, encoded: Iterable[bytes]) -> None:
+    def add(self, patient: Patient, encoded: Iterable[bytes]) -> bytes:
+        """Store a patient; returns the records as stored (for :func:`stored_row`)."""
         lines = sorted(encoded)
+        blob = self._cctx.compress(b"\n".join(lines))
         self._conn.execute(
             "INSERT OR REPLACE INTO restore_patient VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -141,9 +160,10 @@ class RestoreDB:
                 patient.address,
                 patient.postal_code,
                 len(lines),
-                self._cctx.compress(b"\n".join(lines)),
+                blob,
             ),
         )
+        return blob
 
     def set_meta(self, values: dict[str, Any]) -> None:
         self._conn.executemany(
@@ -195,7 +215,7 @@ class RestoreDB:
         return int(self._conn.execute("SELECT count(*) FROM restore_patient").fetchone()[0])
 
     def _row(self, patient_id: str, blob: bytes) -> PatientRow:
-        return patient_row(patient_id, (line for line in self._dctx.decompress(blob).split(b"\n") if line))
+        return stored_row(patient_id, blob, self._dctx)
 
     def get(self, patient_id: str) -> PatientRow | None:
         found = self._conn.execute(
@@ -205,15 +225,23 @@ class RestoreDB:
 
     def patients(self, ids: Iterable[str] | None = None) -> Iterator[PatientRow]:
         """Every patient (in ID order), or those of ``ids`` that exist (in the order given)."""
+        for pid, blob in self.stored(ids):
+            yield self._row(pid, blob)
+
+    def stored(self, ids: Iterable[str] | None = None) -> Iterator[tuple[str, bytes]]:
+        """:meth:`patients` as stored: (ID, compressed records), for :func:`stored_row` elsewhere (an
+        export worker)."""
         if ids is None:
-            cur = self._conn.execute("SELECT patient_id, records FROM restore_patient ORDER BY patient_id")
-            for pid, blob in cur:
-                yield self._row(pid, blob)
+            yield from self._conn.execute(
+                "SELECT patient_id, records FROM restore_patient ORDER BY patient_id"
+            )
             return
         for pid in ids:
-            row = self.get(pid)
-            if row is not None:
-                yield row
+            found = self._conn.execute(
+                "SELECT patient_id, records FROM restore_patient WHERE patient_id = ?", (pid,)
+            ).fetchone()
+            if found is not None:
+                yield found[0], found[1]
 
     def close(self) -> None:
         self._conn.close()

@@ -5,9 +5,11 @@ and/or one NDJSON file for the whole release.
 and the streaming export during unlock (first bundle out while later patients are still being replayed).
 Files are written under a temporary name and renamed; the folder is fsynced once at the end.
 
-Building a bundle (decoding records, shaping resources, serializing) is the costly part, so with more
-than one worker it runs in a process pool, a bounded window of patients in flight, results written in
-the order the patients came.
+Building a bundle (decoding records, shaping resources, serializing, writing its file) is the costly part,
+so with more than one worker it runs in a process pool, a bounded window of patients in flight, NDJSON
+lines and sink calls in the order the patients came.  A patient can be handed over as the restore
+database stores it (:meth:`BundleExporter.write_stored`), so the main process, which also replays the
+chain during unlock, does no more than pass on a few compressed kilobytes.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+import zstandard
+
 from hakobune.durable import fsync_dir
 from hakobune.errors import InputError
 from hakobune.parallel import resolve_workers
-from hakobune.records import decode
-from restore.database import PatientRow
-from restore.fhir import ExportWindow, dumps, patient_bundle
-from restore.fhir.bundle import in_window
+from restore.database import PatientRow, stored_row
+from restore.fhir import ExportWindow, dumps
+from restore.fhir.bundle import encoded_bundle
 
 #: Patient IDs become file names: only these characters are allowed (SS-MIX2 IDs are alphanumeric).
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -43,27 +46,61 @@ class _Settings:
     as_of: date
     window: ExportWindow
     generated_at: datetime
+    #: Where the per-patient files go (written by whoever builds the bundle).
+    folder: Path | None = None
+    #: Whether the serialized bundle is needed back (an NDJSON file or a sink): else only its size.
+    keep: bool = True
 
 
-def _build(settings: _Settings, row: PatientRow) -> tuple[bytes, int]:
-    """One patient's bundle, serialized, and its number of entries (runs in a worker process)."""
-    needed = in_window(row.encoded, as_of=settings.as_of, window=settings.window)
-    bundle = patient_bundle(
+#: A patient to export: a row, or a row as a restore database stores it (ID and compressed records), which
+#: a worker process unpacks itself (less to pickle, less work in the main process).
+Work = PatientRow | tuple[str, bytes]
+#: A built bundle: its bytes (empty unless wanted back), size and number of entries.
+Built = tuple[bytes, int, int]
+
+_dctx: zstandard.ZstdDecompressor | None = None  # one per worker process, made on first use
+
+
+def _row(item: Work) -> PatientRow:
+    global _dctx
+    if isinstance(item, PatientRow):
+        return item
+    if _dctx is None:
+        _dctx = zstandard.ZstdDecompressor()
+    return stored_row(item[0], item[1], _dctx)
+
+
+def _build(settings: _Settings, item: Work) -> Built:
+    """One patient's bundle: written to its file when there is a folder, returned when wanted (runs in a
+    worker process)."""
+    row = _row(item)
+    bundle = encoded_bundle(
         row.patient,
-        [decode(e) for e in needed],
+        row.encoded,
         hospital=settings.hospital,
         hospital_name=settings.hospital_name,
         as_of=settings.as_of,
         window=settings.window,
         generated_at=settings.generated_at,
     )
-    return dumps(bundle), len(bundle.get("entry", ()))
+    data = dumps(bundle)
+    if settings.folder is not None:
+        path = settings.folder / f"{row.patient_id}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return (data if settings.keep else b""), len(data), len(bundle["entry"])
 
 
-def _build_many(settings: _Settings, rows: list[PatientRow]) -> list[tuple[bytes, int]]:
+def _build_many(settings: _Settings, items: list[Work]) -> list[Built]:
     """A batch of patients' bundles (one task for a worker process: a task per patient costs more in
     pickling and queueing than building a small bundle does)."""
-    return [_build(settings, row) for row in rows]
+    return [_build(settings, item) for item in items]
+
+
+def _ready() -> None:
+    """A task that does nothing: starts a worker process before the first patient is ready."""
 
 
 #: Patients per worker task.  The first tasks are small so that the first bundle is out at once; later
@@ -109,7 +146,13 @@ class BundleExporter:
             raise ValueError("nothing to write: give a folder, an NDJSON file or a sink")
         generated_at = generated_at or datetime.now(UTC)  # given: the same bytes as another export
         self.settings = _Settings(
-            hospital, hospital_name, as_of or generated_at.date(), window or ExportWindow(), generated_at
+            hospital,
+            hospital_name,
+            as_of or generated_at.date(),
+            window or ExportWindow(),
+            generated_at,
+            folder,
+            keep=ndjson is not None or sink is not None,
         )
         self.folder = folder
         self.sink = sink
@@ -119,8 +162,9 @@ class BundleExporter:
         self._ndjson: BinaryIO | None = None
         self._workers = resolve_workers(workers)
         self._pool: ProcessPoolExecutor | None = None
-        self._window: deque[tuple[list[str], Future[list[tuple[bytes, int]]]]] = deque()
-        self._batch: list[PatientRow] = []
+        self._window: deque[tuple[list[str], Future[list[Built]]]] = deque()
+        self._batch: list[Work] = []
+        self._batch_ids: list[str] = []
         self._batch_size = _FIRST_BATCH
         try:
             if folder is not None:
@@ -132,28 +176,44 @@ class BundleExporter:
             raise InputError(
                 str(e.filename or folder or ndjson), f"cannot write there ({e.strerror})"
             ) from None
+        if self._workers > 1:
+            # start the workers now, not when the first patient is ready (a fork is cheaper before the
+            # replay has grown this process, and the first bundle does not wait for it)
+            self._pool = ProcessPoolExecutor(max_workers=self._workers)
+            for _ in range(self._workers):
+                self._pool.submit(_ready)
 
     def write(self, row: PatientRow) -> None:
         """Export one patient (now, or soon when workers build the bundles)."""
-        if not _SAFE_ID.fullmatch(row.patient_id):
+        self._add(row.patient_id, row)
+
+    def write_stored(self, patient_id: str, records: bytes) -> None:
+        """Export one patient as a restore database stores it (:meth:`RestoreDB.stored`): the records are
+        unpacked where the bundle is built."""
+        self._add(patient_id, (patient_id, records))
+
+    def _add(self, patient_id: str, item: Work) -> None:
+        if not _SAFE_ID.fullmatch(patient_id):
             self.report.skipped.append("a patient whose ID cannot be a file name")
             return
         if self._workers <= 1:
-            self._emit(row.patient_id, *_build(self.settings, row))
+            self._emit(patient_id, *_build(self.settings, item))
             return
-        self._batch.append(row)
+        self._batch.append(item)
+        self._batch_ids.append(patient_id)
         if len(self._batch) >= self._batch_size:
             self._submit()
+        while self._window and self._window[0][1].done():  # out as soon as built: the first bundle too
+            self._drain_one()
 
     def _submit(self) -> None:
         if not self._batch:
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=self._workers)
-        batch, self._batch = self._batch, []
+        batch, ids, self._batch, self._batch_ids = self._batch, self._batch_ids, [], []
         self._batch_size = min(2 * self._batch_size, _MAX_BATCH)
-        future = self._pool.submit(_build_many, self.settings, batch)
-        self._window.append(([row.patient_id for row in batch], future))
+        self._window.append((ids, self._pool.submit(_build_many, self.settings, batch)))
         while len(self._window) > 2 * self._workers:
             self._drain_one()
 
@@ -162,19 +222,13 @@ class BundleExporter:
         for patient_id, built in zip(patient_ids, future.result(), strict=True):
             self._emit(patient_id, *built)
 
-    def _emit(self, patient_id: str, data: bytes, entries: int) -> None:
-        if self.folder is not None:
-            path = self.folder / f"{patient_id}.json"
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+    def _emit(self, patient_id: str, data: bytes, size: int, entries: int) -> None:
         if self._ndjson is not None:
             self._ndjson.write(data.replace(b"\n", b"") + b"\n")
         if self.sink is not None:
             self.sink(patient_id, data)
         self.report.bundles += 1
-        self.report.bytes += len(data)
+        self.report.bytes += size
         self.report.resources += entries
         now = time.perf_counter() - self._t0
         if self.report.first_bundle_seconds is None:
@@ -207,7 +261,7 @@ class BundleExporter:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._window.clear()
-        self._batch = []
+        self._batch, self._batch_ids = [], []
 
     def abort(self) -> None:
         self._shutdown()

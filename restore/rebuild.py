@@ -2,8 +2,8 @@
 
 :func:`rebuild` replays the chain patient by patient (:class:`restore.replay.PatientReplay`), keeps the
 patients the release order covers, stores them (:mod:`restore.database`), hands each to ``on_patient``
-as it is ready (the disaster-day export starts with the first patient, not after the last), then builds
-the patient index and publishes the database in one rename.
+or ``on_stored`` as it is ready (the disaster-day export starts with the first patient, not after the
+last), then builds the patient index and publishes the database in one rename.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class RebuildReport:
     out_of_scope: int = 0
     shredded_frames: int = 0
     indexed: int = 0
-    #: Seconds spent verifying and indexing the chain, until the first patient could be rebuilt.
+    #: Seconds until the first patient was rebuilt (the chain verified and indexed as far as that patient).
     seconds_to_first: float = 0.0
     seconds: float = 0.0
     stopped: str | None = None
@@ -57,10 +57,13 @@ def rebuild(
     scope: frozenset[str] | None = None,
     meta: Mapping[str, Any] | None = None,
     on_patient: Callable[[PatientRow], None] | None = None,
+    on_stored: Callable[[str, bytes], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RebuildReport:
     """Replay ``plan`` into ``folder/restore.db``; ``scope`` limits it to those patient IDs (None: all).
 
+    Each patient kept goes to ``on_patient(row)`` and/or, as stored, to ``on_stored(patient ID, compressed
+    records)`` (:meth:`restore.export.BundleExporter.write_stored`: the export unpacks it in its worker).
     ``on_progress(done, total)`` counts tokens (patients named by the chain)."""
     from restore.search.index import PatientIndex, SearchPatient
 
@@ -80,19 +83,22 @@ def rebuild(
     try:
         with PatientReplay(plan.files, private, signer, hospital=plan.hospital) as replay:
             report.bytes = replay.stats.bytes
-            report.seconds_to_first = time.perf_counter() - t0
             total = replay.stats.tokens
             for done, restored in enumerate(replay.patients(), 1):
-                patient_id = next(iter(restored.records))[0]
+                if done == 1:
+                    report.seconds_to_first = time.perf_counter() - t0
+                patient_id = restored.patient_id
                 if scope is not None and patient_id not in scope:
                     report.out_of_scope += 1
                     continue
-                row = patient_row(patient_id, restored.records.values())
-                db.add(row.patient, row.encoded)
+                row = patient_row(patient_id, restored.by_key.values())
+                stored = db.add(row.patient, row.encoded)
                 report.patients += 1
                 report.records += len(row.encoded)
                 if on_patient is not None:
                     on_patient(row)
+                if on_stored is not None:
+                    on_stored(patient_id, stored)
                 if on_progress is not None and done % 256 == 0:
                     on_progress(done, total)
             report.erased = replay.stats.erased

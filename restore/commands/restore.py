@@ -179,7 +179,7 @@ def run_unlock(
                     signer,
                     scope=scope,
                     meta=meta,
-                    on_patient=exporter.write if exporter is not None else None,
+                    on_stored=exporter.write_stored if exporter is not None else None,
                     on_progress=lambda done, total: bar.update(task, completed=done, total=total),
                 )
             except BaseException:
@@ -384,8 +384,8 @@ def run_export(
             progress(show_progress) as bar,
         ):
             task = bar.add_task("exporting", total=total, rate="")
-            for row in db.patients(patients):
-                exporter.write(row)
+            for patient_id, records in db.stored(patients):
+                exporter.write_stored(patient_id, records)
                 bar.advance(task)
         if patients is not None and exporter.report.bundles < len(patients):
             missing = len(patients) - exporter.report.bundles

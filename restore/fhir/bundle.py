@@ -33,18 +33,7 @@ from urllib.parse import quote
 
 import orjson
 
-from hakobune.records import (
-    Allergy,
-    Coding,
-    Condition,
-    Injection,
-    InjectionComponent,
-    LabResult,
-    Patient,
-    Prescription,
-    Record,
-    RecordKey,
-)
+from hakobune.records import FORMAT_VERSION, Patient, Record, encode
 from restore.fhir import codesystems as cs
 
 Json = dict[str, Any]
@@ -83,14 +72,15 @@ _ID_SHA1 = hashlib.sha1(ID_NAMESPACE.bytes)
 
 
 def make_id(name: str) -> str:
-    """``str(uuid.uuid5(ID_NAMESPACE, name))``, three times faster (ids are made for every resource)."""
+    """``str(uuid.uuid5(ID_NAMESPACE, name))``, four times faster (ids are made for every resource): the
+    SHA-1 in hex with the version nibble set to 5 and the variant bits to 10."""
     h = _ID_SHA1.copy()
     h.update(name.encode())
-    b = bytearray(h.digest()[:16])
-    b[6] = (b[6] & 0x0F) | 0x50
-    b[8] = (b[8] & 0x3F) | 0x80
-    x = b.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    x = h.hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[int(x[16], 16) & 3]}{x[17:20]}-{x[20:32]}"
+
+
+_VARIANT = "89ab"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +141,30 @@ def _day(*texts: str) -> str:
 
 
 _LAB_ENCODING = b'{"kind":"lab"'
-_ENCODED_CARE_DATE = re.compile(rb'"care_date":"([0-9]*)"')
-_ENCODED_OBSERVED = re.compile(rb'"observed_at":"([^"\\]*)"')
+_ENCODED_CARE_DATE = b'"care_date":"'
+_ENCODED_OBSERVED = b'"observed_at":"'
+
+
+@lru_cache(maxsize=1 << 14)
+def _encoded_day(text: bytes) -> str:
+    """:func:`_day` of a value as its encoding holds it (an escaped one is no date either way)."""
+    return _day(text.decode("utf-8", "replace"))
+
+
+def _lab_day(e: bytes) -> str:
+    """The day a lab result counts for, read from its encoding: observation time, else care date (the
+    builder's rule).  The field names are found as they are: a quote inside a value is escaped."""
+    at = e.find(_ENCODED_OBSERVED)
+    if at >= 0:
+        at += len(_ENCODED_OBSERVED)
+        day = _encoded_day(e[at : e.find(b'"', at)])
+        if day:
+            return day
+    at = e.find(_ENCODED_CARE_DATE) + len(_ENCODED_CARE_DATE)
+    d = e[at : at + 9]
+    if at < len(_ENCODED_CARE_DATE) or d[8:] != b'"' or not d[:8].isdigit():
+        return ""
+    return f"{d[:4].decode()}-{d[4:6].decode()}-{d[6:8].decode()}"
 
 
 def in_window(encoded: Iterable[bytes], *, as_of: date, window: ExportWindow) -> list[bytes]:
@@ -163,20 +175,15 @@ def in_window(encoded: Iterable[bytes], *, as_of: date, window: ExportWindow) ->
     out: list[bytes] = []
     for e in encoded:
         if e.startswith(_LAB_ENCODING):
-            observed = _ENCODED_OBSERVED.search(e)
-            day = _day(observed.group(1).decode()) if observed else ""
-            if not day:
-                care = _ENCODED_CARE_DATE.search(e)
-                d = care.group(1).decode() if care else ""
-                day = f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 else ""
+            day = _lab_day(e)
             if not day or day > end or day < cut:
                 continue
         out.append(e)
     return out
 
 
-def _care_day(key: RecordKey) -> str:
-    d = key.care_date
+def _care_day(key: Json) -> str:
+    d: str = key["care_date"]
     return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else ""
 
 
@@ -300,8 +307,21 @@ class _Item:
     line: str
 
 
+def _key_text(k: Json) -> str:
+    """``str(RecordKey)`` of a key as its encoding holds it."""
+    return f"{k['patient_id']}/{k['care_date']}/{k['data_type']}/{k['order_no']}/{k['item']}"
+
+
+def _display_or_code(c: Json) -> str:
+    text: str = c["display"] or c["code"]
+    return text
+
+
 @dataclass
 class _Builder:
+    """Shapes resources from records as their encodings hold them (``r`` of :func:`~hakobune.records.encode`
+    decoded by orjson: codings are dicts, absent ones None): no record objects are made on the hot path."""
+
     hospital: str
     as_of: str
     window: ExportWindow
@@ -315,28 +335,32 @@ class _Builder:
     cut_problems: str = ""
     cut_medications: str = ""
     cut_labs: str = ""
+    instance_prefix: str = ""
 
     def __post_init__(self) -> None:
         d = date.fromisoformat(self.as_of)
         self.cut_problems = _months_before(d, self.window.months_resolved_problems)
         self.cut_medications = _months_before(d, self.window.months_medications)
         self.cut_labs = _months_before(d, self.window.months_labs)
+        self.instance_prefix = self.hospital + "/"
 
     # -- ids ------------------------------------------------------------------------------------------
     def uid(self, kind: str, name: str) -> str:
         return make_id(f"{self.hospital}|{kind}|{name}")
 
     def instance_id(self, name: str) -> list[Json]:
-        return [{"system": cs.RESOURCE_INSTANCE, "value": f"{self.hospital}/{name}"}]
+        return [{"system": cs.RESOURCE_INSTANCE, "value": self.instance_prefix + name}]
 
     def add(
-        self, section: Section, sort: tuple[Any, ...], kind: str, key: RecordKey, res: Json, line: str
+        self, section: Section, sort: tuple[Any, ...], kind: str, key: Json, ks: str, res: Json, line: str
     ) -> None:
-        """Put ``res`` in ``section``; items sort by ``sort`` and then by record key, descending."""
-        ks = str(key)
+        """Put ``res`` (of the record with ``key``, whose text is ``ks``) in ``section``; items sort by
+        ``sort`` and then by record key (item numbers as numbers: 1.10 after 1.9), descending."""
         u = self.uid(kind, ks)
         res["id"] = u
-        self.sections.setdefault(section, []).append(_Item((*sort, ks), "urn:uuid:" + u, res, line))
+        self.sections.setdefault(section, []).append(
+            _Item((*sort, _key_order(key), ks), "urn:uuid:" + u, res, line)
+        )
 
     def seen(self, section: Section) -> None:
         self.recorded[section] = self.recorded.get(section, 0) + 1
@@ -346,20 +370,20 @@ class _Builder:
 
     # -- codes ----------------------------------------------------------------------------------------
     @staticmethod
-    def coding(c: Coding | None) -> Json | None:
-        if c is None or not c.code:
+    def coding(c: Json | None) -> Json | None:
+        if c is None or not c["code"]:
             return None
-        system = cs.system_for(c.system, c.code)
+        system = cs.system_for(c["system"], c["code"])
         if system is None:
             return None
-        out: Json = {"system": system, "code": c.code}
-        if c.display:
-            out["display"] = c.display
+        out: Json = {"system": system, "code": c["code"]}
+        if c["display"]:
+            out["display"] = c["display"]
         return out
 
-    def concept(self, c: Coding | None, text: str = "") -> Json | None:
+    def concept(self, c: Json | None, text: str = "") -> Json | None:
         coding = self.coding(c)
-        label = text or (c.display or c.code if c is not None else "")
+        label = text or (_display_or_code(c) if c is not None else "")
         if coding is None and not label:
             return None
         out: Json = {}
@@ -370,19 +394,19 @@ class _Builder:
         return out
 
     @staticmethod
-    def quantity(amount: str, unit: Coding | None) -> Json | None:
+    def quantity(amount: str, unit: Json | None) -> Json | None:
         """A JP_MedicationSimpleQuantity (value and a MERIT-9 unit code are both required)."""
         value = _decimal(amount)
-        if value is None or unit is None or unit.system != "MR9P" or not unit.code:
+        if value is None or unit is None or unit["system"] != "MR9P" or not unit["code"]:
             return None
         q: Json = {"value": value}
-        if unit.display:
-            q["unit"] = unit.display
+        if unit["display"]:
+            q["unit"] = unit["display"]
         q["system"] = cs.MERIT9_UNIT
-        q["code"] = unit.code
+        q["code"] = unit["code"]
         return q
 
-    def route(self, c: Coding | None) -> Json | None:
+    def route(self, c: Json | None) -> Json | None:
         return self.concept(c)
 
     # -- resources ------------------------------------------------------------------------------------
@@ -444,33 +468,38 @@ class _Builder:
         res["name"] = name or f"医療機関 {self.hospital}"
         return res
 
-    def condition(self, c: Condition) -> None:
-        if c.action == "DE":
+    def condition(self, c: Json) -> None:
+        if c["action"] == "DE":
             return
         self.seen("problems")
-        start = _day(c.onset, c.recorded) or _care_day(c.key)
+        k = c["key"]
+        onset_text, recorded_text, resolved_text = c["onset"], c["recorded"], c["resolved"]
+        start = _day(onset_text, recorded_text) or _care_day(k)
         if start > self.as_of:
             return
-        resolved = _day(c.resolved)
+        resolved = _day(resolved_text)
         if resolved > self.as_of:
             resolved = ""  # still active as of as_of
-        outcome = c.outcome.code if c.outcome is not None else ""
+        outcome = c["outcome"]["code"] if c["outcome"] is not None else ""
         status = "resolved" if resolved or outcome in _RESOLVED_OUTCOMES else "active"
         if status != "active":
-            end = resolved or _day(c.recorded, c.onset) or _care_day(c.key)
+            end = resolved or _day(recorded_text, onset_text) or _care_day(k)
             if end < self.cut_problems:
                 return
+        ks = _key_text(k)
+        code_c = c["code"]
+        icd10 = c["icd10"]
         codings = []
-        main = self.coding(c.code)
+        main = self.coding(code_c)
         if main is not None:
             codings.append(main)
-        if c.icd10:
-            codings.append({"system": cs.ICD10_JP, "code": c.icd10})
-        label = c.name or c.code.display or c.code.code
+        if icd10:
+            codings.append({"system": cs.ICD10_JP, "code": icd10})
+        label = c["name"] or code_c["display"] or code_c["code"]
         res: Json = {
             "resourceType": "Condition",
             "meta": {"profile": [JP_CONDITION]},
-            "identifier": self.instance_id(str(c.key)),
+            "identifier": self.instance_id(ks),
             "clinicalStatus": {"coding": [{"system": cs.CONDITION_CLINICAL, "code": status}]},
             "category": [
                 {
@@ -492,121 +521,133 @@ class _Builder:
                 code["text"] = label
             res["code"] = code
         res["subject"] = self.subject()
-        onset = fhir_datetime(c.onset) if c.onset else None
+        onset = fhir_datetime(onset_text) if onset_text else None
         if onset:
             res["onsetDateTime"] = onset
-        elif c.onset:
-            res["onsetString"] = c.onset
+        elif onset_text:
+            res["onsetString"] = onset_text
         if resolved:
-            res["abatementDateTime"] = fhir_datetime(c.resolved)
-        recorded = fhir_datetime(c.recorded) if c.recorded else None
+            res["abatementDateTime"] = fhir_datetime(resolved_text)
+        recorded = fhir_datetime(recorded_text) if recorded_text else None
         if recorded:
             res["recordedDate"] = recorded
         line = _text(
             label,
-            f"(ICD-10 {c.icd10})" if c.icd10 else "",
-            "主病名" if c.main else "",
-            f"発症 {c.onset}" if c.onset else "",
+            f"(ICD-10 {icd10})" if icd10 else "",
+            "主病名" if c["main"] else "",
+            f"発症 {onset_text}" if onset_text else "",
             "活動中" if status == "active" else f"解決 {resolved}".strip(),
         )
-        self.add("problems", (status == "active", start), "Condition", c.key, res, line)
+        self.add("problems", (status == "active", start), "Condition", k, ks, res, line)
 
-    def allergy(self, a: Allergy) -> None:
-        if a.action == "D":
+    def allergy(self, a: Json) -> None:
+        if a["action"] == "D":
             return
         self.seen("allergies")
-        if _day(a.onset) > self.as_of:
+        onset_text = a["onset"]
+        if _day(onset_text) > self.as_of:
             return
+        ks = _key_text(a["key"])
         res: Json = {
             "resourceType": "AllergyIntolerance",
             "meta": {"profile": [JP_ALLERGY]},
-            "identifier": self.instance_id(str(a.key)),
+            "identifier": self.instance_id(ks),
             "clinicalStatus": {"coding": [{"system": cs.ALLERGY_CLINICAL, "code": "active"}]},
         }
-        cat = a.category.code
+        category, allergen, severity = a["category"], a["allergen"], a["severity"]
+        cat = category["code"]
         if cat.endswith("A"):  # HL7 0127: every *A code is an allergy (MC is a contraindication)
             res["type"] = "allergy"
         if cat in _ALLERGY_CATEGORY:
             res["category"] = [_ALLERGY_CATEGORY[cat]]
-        sev = a.severity.code if a.severity is not None else ""
+        sev = severity["code"] if severity is not None else ""
         if sev in _CRITICALITY:
             res["criticality"] = _CRITICALITY[sev]
-        code = self.concept(a.allergen)
+        code = self.concept(allergen)
         if code is not None:
             res["code"] = code
         res["patient"] = self.subject()
-        if a.onset:
-            onset = fhir_datetime(a.onset)
+        if onset_text:
+            onset = fhir_datetime(onset_text)
             if onset:
                 res["onsetDateTime"] = onset
             else:
-                res["onsetString"] = a.onset
-        if a.reaction:
-            reaction: Json = {"manifestation": [{"text": a.reaction}]}
+                res["onsetString"] = onset_text
+        reaction_text = a["reaction"]
+        if reaction_text:
+            reaction: Json = {"manifestation": [{"text": reaction_text}]}
             if sev in _SEVERITY:
                 reaction["severity"] = _SEVERITY[sev]
             res["reaction"] = [reaction]
         line = _text(
-            f"{a.category.display or cat}:" if (a.category.display or cat) else "",
-            a.allergen.display or a.allergen.code,
-            a.reaction,
-            a.severity.display if a.severity is not None else "",
+            f"{category['display'] or cat}:" if (category["display"] or cat) else "",
+            allergen["display"] or allergen["code"],
+            reaction_text,
+            severity["display"] if severity is not None else "",
         )
-        self.add("allergies", (), "AllergyIntolerance", a.key, res, line)
+        self.add("allergies", (), "AllergyIntolerance", a["key"], ks, res, line)
 
     def _in_med_window(self, start: str, end: str) -> bool:
         return bool(start) and start <= self.as_of and (end or start) >= self.cut_medications
 
-    def prescription(self, p: Prescription, order_in_rp: int) -> None:
+    def prescription(self, p: Json, order_in_rp: int) -> None:
         self.seen("medications")
-        start = _day(p.start, p.ordered_at) or _care_day(p.key)
-        days = _decimal(p.days) if p.days else None
-        if p.event == "order":
-            end = _day(p.end)
+        k = p["key"]
+        start = _day(p["start"], p["ordered_at"]) or _care_day(k)
+        days_text = p["days"]
+        days = _decimal(days_text) if days_text else None
+        ordered = p["event"] == "order"
+        if ordered:
+            end = _day(p["end"])
             if not end and isinstance(days, int) and days > 0:
                 end = _add_days(start, int(days) - 1)
             if not self._in_med_window(start, end or start):
                 return
-            res = self._med_request(p, order_in_rp, start, end or start, days)
+            ks = _key_text(k)
+            res = self._med_request(p, ks, order_in_rp, start, end or start, days)
             kind = "MedicationRequest"
         else:
             if not self._in_med_window(start, start):
                 return
-            res = self._med_administration(p)
+            ks = _key_text(k)
+            res = self._med_administration(p, ks)
             kind = "MedicationAdministration"
-        amount = _text(p.amount, p.unit.display if p.unit is not None else "") if p.amount else ""
+        amount_text, unit, usage = p["amount"], p["unit"], p["usage"]
+        amount = _text(amount_text, unit["display"] if unit is not None else "") if amount_text else ""
+        drug = p["drug"]
         line = _text(
             start,
-            p.drug.display or p.drug.code,
+            drug["display"] or drug["code"],
             amount,
-            p.usage.display if p.usage is not None else "",
-            f"{p.days}日分" if p.days else "",
-            "(投与)" if p.event == "administration" else "",
+            usage["display"] if usage is not None else "",
+            f"{days_text}日分" if days_text else "",
+            "(投与)" if p["event"] == "administration" else "",
         )
-        self.add("medications", (start,), kind, p.key, res, line)
+        self.add("medications", (start,), kind, k, ks, res, line)
 
     def _med_request(
-        self, p: Prescription, order_in_rp: int, start: str, end: str, days: Number | None
+        self, p: Json, ks: str, order_in_rp: int, start: str, end: str, days: Number | None
     ) -> Json:
-        rp = p.rp or p.key.item.split(".")[0]
+        rp = p["rp"] or p["key"]["item"].split(".")[0]
         res: Json = {
             "resourceType": "MedicationRequest",
             "meta": {"profile": [JP_MEDICATION_REQUEST]},
             "identifier": [
                 {"system": cs.RP_NUMBER, "value": rp},
                 {"system": cs.ORDER_IN_RP, "value": str(order_in_rp)},
-                *self.instance_id(str(p.key)),
+                *self.instance_id(ks),
             ],
             "status": "active" if end >= self.as_of else "completed",
             "intent": "order",
         }
-        med = self.concept(p.drug)
+        med = self.concept(p["drug"])
         res["medicationCodeableConcept"] = med or {"text": "不明"}
         res["subject"] = self.subject()
-        res["authoredOn"] = fhir_datetime(p.ordered_at) or fhir_datetime(p.start) or start
+        start_text = p["start"]
+        res["authoredOn"] = fhir_datetime(p["ordered_at"]) or fhir_datetime(start_text) or start
         dosage: Json = {}
         ext = []
-        begin = fhir_datetime(p.start) if p.start else None
+        begin = fhir_datetime(start_text) if start_text else None
         if begin:
             ext.append({"url": EXT_PERIOD_OF_USE, "valuePeriod": {"start": begin}})
         if days is not None:
@@ -614,22 +655,24 @@ class _Builder:
             ext.append({"url": EXT_USAGE_DURATION, "valueDuration": duration})
         if ext:
             dosage["extension"] = ext
-        usage = p.usage.display if p.usage is not None else ""
+        usage_c = p["usage"]
+        usage = usage_c["display"] if usage_c is not None else ""
         if usage:
             dosage["text"] = usage
-        timing = self.concept(p.usage)
+        timing = self.concept(usage_c)
         if timing is not None:
             dosage["timing"] = {"code": timing}
-        route = self.route(p.route)
+        route = self.route(p["route"])
         if route is not None:
             dosage["route"] = route
-        dose = self.quantity(p.amount, p.unit)
+        unit = p["unit"]
+        dose = self.quantity(p["amount"], unit)
         if dose is not None:
             dose_and_rate: Json = {
                 "type": {"coding": [{"system": cs.STRENGTH_TYPE, "code": "1", "display": "製剤量"}]},
                 "doseQuantity": dose,
             }
-            daily = self.quantity(p.total_daily, p.unit)
+            daily = self.quantity(p["total_daily"], unit)
             if daily is not None:
                 dose_and_rate["rateRatio"] = {
                     "numerator": daily,
@@ -639,7 +682,7 @@ class _Builder:
         if dosage:
             res["dosageInstruction"] = [dosage]
         dispense: Json = {}
-        quantity = self.quantity(p.dispense_amount, p.dispense_unit)
+        quantity = self.quantity(p["dispense_amount"], p["dispense_unit"])
         if quantity is not None:
             dispense["quantity"] = quantity
         if days is not None:
@@ -648,47 +691,48 @@ class _Builder:
             res["dispenseRequest"] = dispense
         return res
 
-    def _med_administration(self, p: Prescription) -> Json:
-        group, _, n = p.key.item.partition(".")
+    def _med_administration(self, p: Json, ks: str) -> Json:
+        k = p["key"]
+        group, _, n = k["item"].partition(".")
         res: Json = {
             "resourceType": "MedicationAdministration",
             "meta": {"profile": [JP_MEDICATION_ADMINISTRATION]},
             "identifier": [
-                {"system": cs.RP_NUMBER, "value": p.rp or group},
+                {"system": cs.RP_NUMBER, "value": p["rp"] or group},
                 {"system": cs.ORDER_IN_RP, "value": n or "1"},
-                *self.instance_id(str(p.key)),
+                *self.instance_id(ks),
             ],
-            "status": _ADMIN_STATUS.get(p.status, "unknown"),
-            "medicationCodeableConcept": self.concept(p.drug) or {"text": "不明"},
+            "status": _ADMIN_STATUS.get(p["status"], "unknown"),
+            "medicationCodeableConcept": self.concept(p["drug"]) or {"text": "不明"},
             "subject": self.subject(),
         }
-        res.update(self._effective(p.start, p.end, p.key))
+        res.update(self._effective(p["start"], p["end"], k))
         dosage: Json = {}
-        route = self.route(p.route)
+        route = self.route(p["route"])
         if route is not None:
             dosage["route"] = route
-        dose = self.quantity(p.amount, p.unit)
+        dose = self.quantity(p["amount"], p["unit"])
         if dose is not None:
             dosage["dose"] = dose
         if dosage:
             res["dosage"] = dosage
         return res
 
-    def _effective(self, start: str, end: str, key: RecordKey) -> Json:
+    def _effective(self, start: str, end: str, key: Json) -> Json:
         s = fhir_datetime(start) if start else None
         e = fhir_datetime(end) if end else None
         if s and e and e != s:
             return {"effectivePeriod": {"start": s, "end": e}}
         return {"effectiveDateTime": s or e or _care_day(key) or self.as_of}
 
-    def _medication(self, components: tuple[InjectionComponent, ...]) -> Json:
+    def _medication(self, components: list[Json]) -> Json:
         ingredients = []
         for n, c in enumerate(components, 1):
             ing: Json = {
                 "extension": [{"url": EXT_INGREDIENT_DRUG_NO, "valueInteger": n}],
-                "itemCodeableConcept": self.concept(c.drug) or {"text": "不明"},
+                "itemCodeableConcept": self.concept(c["drug"]) or {"text": "不明"},
             }
-            amount = self.quantity(c.amount, c.unit)
+            amount = self.quantity(c["amount"], c["unit"])
             if amount is not None:
                 ing["strength"] = {
                     "numerator": amount,
@@ -710,47 +754,52 @@ class _Builder:
             med["ingredient"] = ingredients
         return med
 
-    def injection(self, j: Injection) -> None:
+    def injection(self, j: Json) -> None:
         self.seen("medications")
-        start = _day(j.start, j.ordered_at) or _care_day(j.key)
-        end = _day(j.end) or start
-        if j.event == "order":
+        k = j["key"]
+        start = _day(j["start"], j["ordered_at"]) or _care_day(k)
+        end = _day(j["end"]) or start
+        ordered = j["event"] == "order"
+        if ordered:
             if not self._in_med_window(start, end):
                 return
         elif not self._in_med_window(start, start):
             return
-        group = j.key.item.split(".")[0]
+        ks = _key_text(k)
+        group = k["item"].split(".")[0]
+        components = j["components"]
         res: Json = {
-            "resourceType": "MedicationRequest" if j.event == "order" else "MedicationAdministration",
+            "resourceType": "MedicationRequest" if ordered else "MedicationAdministration",
             "meta": {
                 "profile": [
-                    JP_MEDICATION_REQUEST_INJECTION
-                    if j.event == "order"
-                    else JP_MEDICATION_ADMINISTRATION_INJECTION
+                    JP_MEDICATION_REQUEST_INJECTION if ordered else JP_MEDICATION_ADMINISTRATION_INJECTION
                 ]
             },
-            "contained": [self._medication(j.components)],
-            "identifier": [{"system": cs.RP_NUMBER, "value": group}, *self.instance_id(str(j.key))],
+            "contained": [self._medication(components)],
+            "identifier": [{"system": cs.RP_NUMBER, "value": group}, *self.instance_id(ks)],
         }
         dosage: Json = {}
-        if j.instructions:
-            dosage["text"] = j.instructions
-        route = self.route(j.route)
+        if j["instructions"]:
+            dosage["text"] = j["instructions"]
+        route = self.route(j["route"])
         if route is not None:
             dosage["route"] = route
-        total = self.quantity(j.total_amount, j.unit)
-        rate_m = _RATE.fullmatch(j.rate) if j.rate else None
+        total = self.quantity(j["total_amount"], j["unit"])
+        rate_text = j["rate"]
+        rate_m = _RATE.fullmatch(rate_text) if rate_text else None
         rate: Json | None = None
         if rate_m is not None:
             rate = {"value": _decimal(rate_m.group(1)), "unit": "mL/h", "system": cs.UCUM, "code": "mL/h"}
-        if j.event == "order":
+        if ordered:
             res["status"] = "active" if end >= self.as_of else "completed"
             res["intent"] = "order"
             res["medicationReference"] = {"reference": "#medication"}
             res["subject"] = self.subject()
-            res["authoredOn"] = fhir_datetime(j.ordered_at) or fhir_datetime(j.start) or start
+            res["authoredOn"] = fhir_datetime(j["ordered_at"]) or fhir_datetime(j["start"]) or start
             bounds = {
-                k: v for k, v in (("start", fhir_datetime(j.start)), ("end", fhir_datetime(j.end))) if v
+                name: v
+                for name, v in (("start", fhir_datetime(j["start"])), ("end", fhir_datetime(j["end"])))
+                if v
             }
             if bounds:
                 dosage["timing"] = {"repeat": {"boundsPeriod": bounds}}
@@ -765,10 +814,10 @@ class _Builder:
                 res["dosageInstruction"] = [dosage]
             kind = "MedicationRequest"
         else:
-            res["status"] = _ADMIN_STATUS.get(j.status, "unknown")
+            res["status"] = _ADMIN_STATUS.get(j["status"], "unknown")
             res["medicationReference"] = {"reference": "#medication"}
             res["subject"] = self.subject()
-            res.update(self._effective(j.start, j.end, j.key))
+            res.update(self._effective(j["start"], j["end"], k))
             if total is not None:
                 dosage["dose"] = total
             if rate is not None:
@@ -776,58 +825,61 @@ class _Builder:
             if dosage:
                 res["dosage"] = dosage
             kind = "MedicationAdministration"
-        drugs = "＋".join(c.drug.display or c.drug.code for c in j.components)
-        line = _text(start, "注射", drugs, j.rate, "(投与)" if j.event == "administration" else "")
-        self.add("medications", (start,), kind, j.key, res, line)
+        drugs = "＋".join(_display_or_code(c["drug"]) for c in components)
+        line = _text(start, "注射", drugs, rate_text, "(投与)" if j["event"] == "administration" else "")
+        self.add("medications", (start,), kind, k, ks, res, line)
 
-    def specimen(self, lab: LabResult) -> str:
-        obr = lab.key.item.split(".")[0]
-        k = f"{lab.key.patient_id}/{lab.key.care_date}/{lab.key.data_type}/{lab.key.order_no}/{obr}"
-        url = self.specimens.get(k)
+    def specimen(self, lab: Json) -> str:
+        k = lab["key"]
+        obr = k["item"].split(".")[0]
+        sk = f"{k['patient_id']}/{k['care_date']}/{k['data_type']}/{k['order_no']}/{obr}"
+        url = self.specimens.get(sk)
         if url is None:
-            u = self.uid("Specimen", k)
+            u = self.uid("Specimen", sk)
             url = "urn:uuid:" + u
             res: Json = {
                 "resourceType": "Specimen",
                 "id": u,
                 "meta": {"profile": [JP_SPECIMEN]},
-                "identifier": self.instance_id(k + "/specimen"),
+                "identifier": self.instance_id(sk + "/specimen"),
             }
-            spec = lab.specimen
-            if spec is not None and (spec.display or spec.code):
+            spec = lab["specimen"]
+            if spec is not None and (spec["display"] or spec["code"]):
                 # JLAC10 material codes are a segment of JLAC10, not a code system of their own: text only
-                res["type"] = {"text": spec.display or spec.code}
+                res["type"] = {"text": spec["display"] or spec["code"]}
             res["subject"] = self.subject()
-            self.specimens[k] = url
+            self.specimens[sk] = url
             self.extra.append((url, res))
         return url
 
-    def lab(self, lab: LabResult, day: str) -> None:
-        code = lab.code
+    def lab(self, lab: Json, ks: str, day: str) -> None:
+        code = lab["code"]
+        observed_at, value_text, value_type = lab["observed_at"], lab["value"], lab["value_type"]
         res: Json = {
             "resourceType": "Observation",
             "meta": {"profile": [JP_OBSERVATION_LAB]},
-            "identifier": self.instance_id(str(lab.key)),
-            "status": _OBS_STATUS.get(lab.status, "unknown"),
+            "identifier": self.instance_id(ks),
+            "status": _OBS_STATUS.get(lab["status"], "unknown"),
             "category": [{"coding": [{"system": cs.OBSERVATION_CATEGORY, "code": "laboratory"}]}],
             "code": self.concept(code) or {"text": "不明"},
             "subject": {"reference": self.patient_url},
-            "effectiveDateTime": (fhir_datetime(lab.observed_at) if lab.observed_at else None) or day,
+            "effectiveDateTime": (fhir_datetime(observed_at) if observed_at else None) or day,
         }
-        unit = lab.unit
-        value = _decimal(lab.value) if lab.value_type in ("NM", "SN", "") else None
+        unit = lab["unit"]
+        numeric = value_type in ("NM", "SN", "")
+        value = _decimal(value_text) if numeric else None
         if value is not None:
             res["valueQuantity"] = {"value": value, "unit": unit} if unit else {"value": value}
-        elif lab.value:
-            bound = _bound(lab.value) if lab.value_type in ("NM", "SN", "") else None
+        elif value_text:
+            bound = _bound(value_text) if numeric else None
             if bound is not None:  # "<0.5": a quantity with a comparator
                 q: Json = {"value": bound[1], "comparator": bound[0]}
                 if unit:
                     q["unit"] = unit
                 res["valueQuantity"] = q
             else:
-                res["valueString"] = lab.value
-        flag = lab.flag
+                res["valueString"] = value_text
+        flag = lab["flag"]
         if flag:
             label = _INTERPRETATION.get(flag)
             if label is not None:
@@ -836,7 +888,7 @@ class _Builder:
             else:
                 res["interpretation"] = [{"text": flag}]
         res["specimen"] = {"reference": self.specimen(lab)}
-        rr_text = lab.reference_range
+        rr_text = lab["reference_range"]
         if rr_text:
             rr: Json = {}
             low, high = _range(rr_text)
@@ -846,29 +898,38 @@ class _Builder:
                 rr["high"] = {"value": high, "unit": unit} if unit else {"value": high}
             rr["text"] = rr_text
             res["referenceRange"] = [rr]
-        line = f"{day} {code.display or code.code} {lab.value}"
+        line = f"{day} {code['display'] or code['code']} {value_text}"
         if unit:
             line += " " + unit
         if rr_text:
             line += f" [{rr_text}]"
         if flag:
             line += " " + flag
-        self.add("results", (day,), "Observation", lab.key, res, line)
+        self.add("results", (day,), "Observation", lab["key"], ks, res, line)
 
-    def labs(self, labs: list[LabResult]) -> None:
-        per_code: dict[tuple[str, str], list[tuple[str, LabResult]]] = {}
+    def labs(self, labs: list[Json]) -> None:
+        per_code: dict[tuple[str, str], list[tuple[str, str, str, Json]]] = {}
         if labs:
             self.recorded["results"] = len(labs)
+        as_of, cut = self.as_of, self.cut_labs
         for lab in labs:
-            day = _day(lab.observed_at) or _care_day(lab.key)
-            if not day or day > self.as_of or day < self.cut_labs:
+            observed_at = lab["observed_at"]
+            day = _day(observed_at) or _care_day(lab["key"])
+            if not day or day > as_of or day < cut:
                 continue
-            per_code.setdefault((lab.code.system, lab.code.code or lab.code.display), []).append((day, lab))
+            code = lab["code"]
+            group = per_code.setdefault((code["system"], code["code"] or code["display"]), [])
+            group.append((day, observed_at, _key_text(lab["key"]), lab))
+        keep_n = self.window.max_labs_per_code
         for group in per_code.values():
-            group.sort(key=lambda x: (x[0], x[1].observed_at, str(x[1].key)), reverse=True)
-            keep = group if self.window.max_labs_per_code == 0 else group[: self.window.max_labs_per_code]
-            for day, lab in keep:
-                self.lab(lab, day)
+            group.sort(key=_lab_order, reverse=True)
+            for day, _, ks, lab in group if keep_n == 0 else group[:keep_n]:
+                self.lab(lab, ks, day)
+
+
+def _lab_order(x: tuple[str, str, str, Json]) -> tuple[Any, ...]:
+    """Newest first: observation day, time, then record key (item numbers as numbers)."""
+    return (x[0], x[1], _key_order(x[3]["key"]), x[2])
 
 
 _SECTIONS: tuple[tuple[Section, tuple[str, str], str, str], ...] = (
@@ -878,31 +939,50 @@ _SECTIONS: tuple[tuple[Section, tuple[str, str], str, str], ...] = (
     ("results", SECTION_RESULTS, "検査結果", ""),
 )
 
+_RecordId = tuple[str, str, str, str, str]
+#: Record kinds a bundle uses (patient records are skipped: the demographics come from ``patient``).
+_KINDS = ("patient", "condition", "allergy", "prescription", "injection", "lab")
 
-def _order_in_rp(records: list[Prescription]) -> dict[RecordKey, int]:
+
+def _record_id(k: Json) -> _RecordId:
+    return (k["patient_id"], k["care_date"], k["data_type"], k["order_no"], k["item"])
+
+
+def _order_in_rp(records: list[Json]) -> dict[_RecordId, int]:
     """Position of each ordered drug within its Rp (RXE order in the file, per ORC-4)."""
-    out: dict[RecordKey, int] = {}
-    seen: dict[tuple[tuple[str, str, str, str], str], int] = {}
+    out: dict[_RecordId, int] = {}
+    seen: dict[tuple[str, str, str, str, str], int] = {}
     for p in records:
-        if p.event == "order":
-            k = (p.key.file_key, p.rp)
+        if p["event"] == "order":
+            rid = _record_id(p["key"])
+            k = (*rid[:4], p["rp"])
             seen[k] = seen.get(k, 0) + 1
-            out[p.key] = seen[k]
+            out[rid] = seen[k]
     return out
 
 
-def _item_order(key: RecordKey) -> tuple[Any, ...]:
+def _key_order(key: Json) -> tuple[Any, ...]:
+    """A record key in file order: item numbers compare as numbers (``1.2`` before ``1.10``)."""
     return (
-        key.patient_id,
-        key.care_date,
-        key.data_type,
-        key.order_no,
-        *(_num(x) for x in key.item.split(".")),
+        key["patient_id"],
+        key["care_date"],
+        key["data_type"],
+        key["order_no"],
+        _item_numbers(key["item"]),
     )
 
 
+@lru_cache(maxsize=1 << 12)
+def _item_numbers(item: str) -> tuple[tuple[int, str], ...]:
+    return tuple(_num(x) for x in item.split("."))
+
+
+def _item_order(p: Json) -> tuple[Any, ...]:
+    return _key_order(p["key"])
+
+
 def _num(s: str) -> tuple[int, str]:
-    return (int(s), "") if s.isdigit() else (1 << 30, s)
+    return (int(s), "") if s.isascii() and s.isdigit() else (1 << 30, s)
 
 
 def patient_bundle(
@@ -922,6 +1002,59 @@ def patient_bundle(
     demographics come from ``patient``).  ``generated_at`` must be timezone-aware: it is the Bundle's
     timestamp and the Composition's date.  ``validate`` parses the result with ``fhir.resources.R4B`` and
     raises ValueError when it does not parse (slow: for tests and spot checks)."""
+    bundle = _bundle(
+        patient,
+        (orjson.loads(encode(r)) for r in records),
+        hospital=hospital,
+        hospital_name=hospital_name,
+        as_of=as_of,
+        window=window,
+        generated_at=generated_at,
+    )
+    if validate:
+        from restore.fhir.conformance import structure_problems
+
+        problems = structure_problems(bundle)
+        if problems:
+            raise ValueError("bundle does not parse as FHIR: " + "; ".join(problems[:5]))
+    return bundle
+
+
+def encoded_bundle(
+    patient: Patient,
+    encoded: Iterable[bytes],
+    *,
+    hospital: str,
+    hospital_name: str = "",
+    as_of: date,
+    window: ExportWindow = ExportWindow(),
+    generated_at: datetime,
+) -> Json:
+    """:func:`patient_bundle` of records given as their encodings (:func:`hakobune.records.encode`), as a
+    restore database holds them: the same bundle, without making record objects (the export's hot path).
+    ValueError on bytes that are not a known record encoding."""
+    return _bundle(
+        patient,
+        map(orjson.loads, in_window(encoded, as_of=as_of, window=window)),
+        hospital=hospital,
+        hospital_name=hospital_name,
+        as_of=as_of,
+        window=window,
+        generated_at=generated_at,
+    )
+
+
+def _bundle(
+    patient: Patient,
+    records: Iterable[Any],
+    *,
+    hospital: str,
+    hospital_name: str,
+    as_of: date,
+    window: ExportWindow,
+    generated_at: datetime,
+) -> Json:
+    """The bundle of ``records``: decoded encodings (``{"kind": …, "v": 1, "r": {…}}``)."""
     if generated_at.tzinfo is None or generated_at.utcoffset() is None:
         raise ValueError("generated_at must be timezone-aware")
     pid = patient.key.patient_id
@@ -929,36 +1062,30 @@ def patient_bundle(
     b.patient_url = "urn:uuid:" + b.uid("Patient", pid)
     b.org_url = "urn:uuid:" + b.uid("Organization", hospital)
 
-    conditions: list[Condition] = []
-    allergies: list[Allergy] = []
-    prescriptions: list[Prescription] = []
-    injections: list[Injection] = []
-    labs: list[LabResult] = []
-    for r in records:
-        if r.key.patient_id != pid:
+    by_kind: dict[str, list[Json]] = {k: [] for k in _KINDS}
+    for obj in records:
+        if not isinstance(obj, dict) or obj.get("v") != FORMAT_VERSION:
+            raise ValueError("not a record encoding of a known version")
+        r = obj.get("r")
+        group = by_kind.get(obj.get("kind", ""))
+        if group is None or not isinstance(r, dict):
+            raise ValueError(f"unknown record kind {obj.get('kind')!r}")
+        if r["key"]["patient_id"] != pid:
             raise ValueError("a record of another patient was passed to patient_bundle")
-        if isinstance(r, LabResult):
-            labs.append(r)
-        elif isinstance(r, Prescription):
-            prescriptions.append(r)
-        elif isinstance(r, Condition):
-            conditions.append(r)
-        elif isinstance(r, Allergy):
-            allergies.append(r)
-        elif isinstance(r, Injection):
-            injections.append(r)
-    prescriptions.sort(key=lambda r: _item_order(r.key))  # Rp positions count in file order
+        group.append(r)
+    prescriptions = by_kind["prescription"]
+    prescriptions.sort(key=_item_order)  # Rp positions count in file order
 
-    for c in conditions:
+    for c in by_kind["condition"]:
         b.condition(c)
-    for a in allergies:
+    for a in by_kind["allergy"]:
         b.allergy(a)
     positions = _order_in_rp(prescriptions)
     for p in prescriptions:
-        b.prescription(p, positions.get(p.key, 1))
-    for j in injections:
+        b.prescription(p, positions.get(_record_id(p["key"]), 1))
+    for j in by_kind["injection"]:
         b.injection(j)
-    b.labs(labs)
+    b.labs(by_kind["lab"])
 
     timestamp = generated_at.isoformat(timespec="seconds")
     composition_id = b.uid("Composition", pid)
@@ -1017,12 +1144,6 @@ def patient_bundle(
             *entries,
         ],
     }
-    if validate:
-        from restore.fhir.conformance import structure_problems
-
-        problems = structure_problems(bundle)
-        if problems:
-            raise ValueError("bundle does not parse as FHIR: " + "; ".join(problems[:5]))
     return bundle
 
 

@@ -33,12 +33,13 @@ from hakobune.records import (
     Record,
     RecordKey,
     decode,
+    encode,
 )
 from hakobune.synth import generate, read_meta
 from restore.fhir import ExportWindow, NdjsonWriter, dumps, patient_bundle, transaction_bundle
 from restore.fhir import codesystems as cs
 from restore.fhir import hospital_bundles as hospital_bundles_of
-from restore.fhir.bundle import make_id
+from restore.fhir.bundle import encoded_bundle, make_id
 from restore.fhir.conformance import Packages, check_bundle, structure_problems
 from tests.conftest import make_message, ssmix_relpath, write_message
 from tests.pipeline import expected_state
@@ -402,6 +403,27 @@ def test_condition_codes_and_status(known: tuple[Patient, list[Record]]) -> None
 
 # ----------------------------------------------------------------------------------------- window
 PID = "0000000042"
+
+
+def test_encoded_bundle_is_the_same_bundle(
+    hospital: tuple[date, dict[str, tuple[Patient, list[Record]]]],
+) -> None:
+    """The export's path (records as their encodings, never made into objects) gives the same bytes."""
+    as_of, patients = hospital
+    for patient, recs in list(patients.values())[:20]:
+        for window in (ExportWindow(), ExportWindow(months_labs=120, max_labs_per_code=0)):
+            encoded = encoded_bundle(
+                patient,
+                [encode(r) for r in recs],
+                hospital=HOSPITAL,
+                hospital_name="箱舟総合病院",
+                as_of=as_of,
+                window=window,
+                generated_at=GENERATED,
+            )
+            assert dumps(encoded) == dumps(build(patient, recs, as_of=as_of, window=window))
+
+
 PATIENT = Patient(
     key(PID, "-", "ADT-00", "999999999999999", "PID"), "山田", "花子", "ヤマダ", "ハナコ", "1950-02-03", "F"
 )
@@ -500,6 +522,19 @@ def test_window_labs_recent_and_limited_per_code(packages: Packages) -> None:
     assert len(resources(everything, "Observation")) == 6
     results = section(bundle, "30954-2")
     assert results is not None and len(results["entry"]) == 4
+
+
+def test_items_of_a_day_sort_by_item_number_not_text() -> None:
+    codes = {"1.1": "3D010000001926101", "1.2": "3A016000002327101", "1.10": "3A010000002327101"}
+    records: list[Record] = [
+        _lab("20250410", "2025-04-10T10:00", "5.5", code=code, item=item) for item, code in codes.items()
+    ]
+    bundle = build(PATIENT, records)
+    results = section(bundle, "30954-2")
+    assert results is not None
+    by_url = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+    items = [by_url[e["reference"]]["identifier"][0]["value"].rsplit("/", 1)[1] for e in results["entry"]]
+    assert items == ["1.10", "1.2", "1.1"]  # newest first: descending, 1.10 after 1.9 and 1.2
 
 
 def test_empty_sections_have_empty_reason(packages: Packages) -> None:
