@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
+from operator import attrgetter
 
 from hakobune.records import record
 
@@ -138,8 +139,8 @@ def _valid_date(s: str) -> bool:
 
 def check_folder(rel_dir: tuple[str, ...], name: SsmixName) -> str | None:
     """Reason the file is in the wrong folder, or None.  ``rel_dir`` is the 5 folder names below root."""
-    expected = tuple(name.folder.split("/"))
-    if rel_dir == expected:
+    pid = name.patient_id
+    if rel_dir == (pid[0:3], pid[3:6], pid, name.care_date, name.data_type):
         return None
     return f"wrong folder: filed under {'/'.join(rel_dir)} but its name belongs in {name.folder}"
 
@@ -172,7 +173,7 @@ def iter_patient_dirs(root: str) -> Iterator[str | StrayEntry]:
                 yield rel_p
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FoundFile:
     relpath: str
     rel_dir: tuple[str, ...]
@@ -207,4 +208,7 @@ def iter_patient_files(root: str, patient_rel: str) -> Iterator[FoundFile | Stra
 
 def _sorted_entries(path: str) -> list[os.DirEntry[str]]:
     with os.scandir(path) as it:
-        return sorted(it, key=lambda e: e.name)
+        return sorted(it, key=_entry_name)
+
+
+_entry_name = attrgetter("name")
