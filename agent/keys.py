@@ -9,7 +9,6 @@ from the token key (:func:`agent.deidentify.derive_research_secret`), so it need
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +19,16 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from agent.config import AgentConfig, ResearchConfig
 from agent.deidentify import Pseudonymizer, derive_research_secret
 from agent.linkage import load_linkage_key
-from hakobune.errors import ConfigError, InputError
+from hakobune.errors import ConfigError
 from hakobune.keys import (
     PRIVATE_FILE_MODE,
     RecipientPublicKey,
     SigningKey,
     VerifyKey,
-    check_private_mode,
     load_recipient_public,
+    load_secret_bytes,
     load_signing_key,
     load_verify_key,
-    read_key_text,
     write_key,
     write_key_bytes,
 )
@@ -84,15 +82,7 @@ def write_private_bytes(path: Path, data: bytes) -> None:
 
 
 def load_token_key(path: Path) -> bytes:
-    text, mode = read_key_text(path)
-    check_private_mode(path, mode)
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except binascii.Error:
-        key = b""
-    if len(key) != TOKEN_KEY_SIZE:
-        raise InputError(str(path), "not a token key (32 bytes, base64)")
-    return key
+    return load_secret_bytes(path, TOKEN_KEY_SIZE, "token key")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ hospitals at once.  ``tests/agent/test_deidentify.py`` pins the test vectors of 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import os
@@ -34,8 +33,7 @@ import unicodedata
 from datetime import date
 from pathlib import Path
 
-from hakobune.errors import InputError
-from hakobune.keys import PRIVATE_FILE_MODE, check_private_mode, read_key_text, write_key_bytes
+from hakobune.keys import PRIVATE_FILE_MODE, load_secret_bytes, write_key_bytes
 
 LINKAGE_VERSION = "v1"
 LINKAGE_KEY_SIZE = 32
@@ -107,15 +105,7 @@ def link_hash(key: bytes, family_kana: str, given_kana: str, birth_date: str, se
 
 def load_linkage_key(path: Path) -> bytes:
     """The network's linkage key from its file (32 bytes, base64, one line, mode 0600)."""
-    text, mode = read_key_text(path)
-    check_private_mode(path, mode)
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except binascii.Error:
-        key = b""
-    if len(key) != LINKAGE_KEY_SIZE:
-        raise InputError(str(path), "not a linkage key (32 bytes, base64)")
-    return key
+    return load_secret_bytes(path, LINKAGE_KEY_SIZE, "linkage key")
 
 
 def write_linkage_key(path: Path, key: bytes) -> None:

@@ -296,6 +296,20 @@ def check_private_mode(path: Path, mode: int) -> None:
         raise InputError(str(path), f"private key file is readable by others (mode {mode:04o}); chmod 600")
 
 
+def load_secret_bytes(path: Path, size: int, what: str) -> bytes:
+    """A symmetric secret from its key file: ``size`` bytes as base64 on one line, mode 0600.
+    :class:`InputError` naming ``what`` (e.g. ``"token key"``) if the file holds anything else."""
+    text, mode = read_key_text(path)
+    check_private_mode(path, mode)
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except binascii.Error:
+        key = b""
+    if len(key) != size:
+        raise InputError(str(path), f"not a {what} ({size} bytes, base64)")
+    return key
+
+
 def _read(path: Path) -> SigningKey | VerifyKey | RecipientPrivateKey | RecipientPublicKey:
     text, mode = read_key_text(path)
     key = parse_key(text, str(path))
