@@ -183,7 +183,9 @@ class FoundFile:
 
 
 def iter_patient_files(root: str, patient_rel: str) -> Iterator[FoundFile | StrayEntry]:
-    """Files below one patient folder (``date/type/file``), sorted, with their stat (one ``scandir`` each)."""
+    """Files below one patient folder (``date/type/file``), sorted (one ``scandir`` per folder).  Files are
+    not stat-ed here (size -1): the reader takes size and mtime from the open file, one path look-up
+    fewer per file."""
     base = os.path.join(root, patient_rel)
     head = tuple(patient_rel.split("/"))
     for d in _sorted_entries(base):
@@ -202,8 +204,7 @@ def iter_patient_files(root: str, patient_rel: str) -> Iterator[FoundFile | Stra
                 if not f.is_file(follow_symlinks=False):
                     yield StrayEntry(rel_f, "not a regular file (folder or link where message files belong)")
                     continue
-                st = f.stat(follow_symlinks=False)
-                yield FoundFile(rel_f, rel_dir, f.name, st.st_size, st.st_mtime_ns)
+                yield FoundFile(rel_f, rel_dir, f.name, -1, 0)  # the reader stats the open file
 
 
 def _sorted_entries(path: str) -> list[os.DirEntry[str]]:

@@ -8,8 +8,10 @@ bounded batches, so memory stays flat however many files the hospital holds.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -63,28 +65,46 @@ class FileOutcome:
 
 
 def read_found(root: str, found: FoundFile) -> FileOutcome:
-    """Read one file found by the walk (name checks, folder checks, decode, validate, map)."""
+    """Read one file found by the walk (name checks, folder checks, decode, validate, map).
+
+    ``found.size`` is -1 when the walk did not stat the file: the size and mtime then come from the open
+    file (or, for a file that is not read, from one ``lstat``)."""
+    return _finish(*_fetch(root, found))
+
+
+def _fetch(root: str, found: FoundFile) -> tuple[FileOutcome, SsmixName | None, bytes | None]:
+    """The I/O half of :func:`read_found`: name and folder checks, then the file's bytes.  Bytes None: the
+    outcome is already final (quarantined or skipped)."""
     out = FileOutcome(found.relpath, Status.QUARANTINED, size=found.size, mtime_ns=found.mtime_ns)
     try:
         name = parse_name(found.file_name)
     except BadName as e:
         out.reason = str(e)
-        return out
+        return _stat_unread(root, out), None, None
     out.name = name
     wrong = check_folder(found.rel_dir, name)
     if wrong is not None:
         out.reason = wrong
-        return out
+        return _stat_unread(root, out), None, None
     if name.data_type not in IN_SCOPE:
         out.status = Status.SKIPPED
         out.reason = f"data type {name.data_type} is not backed up"
-        return out
-    if found.size > MAX_MESSAGE_BYTES:
-        out.reason = f"too large for an SS-MIX2 message ({found.size} bytes)"
+        return _stat_unread(root, out), None, None
+    try:
+        raw = _read_message(os.path.join(root, found.relpath), out)
+    except OSError as e:
+        out.reason = f"cannot read: {e.strerror or e}"
+        return out, None, None
+    if raw is None:
+        out.reason = f"too large for an SS-MIX2 message ({out.size} bytes)"
+    return out, name, raw
+
+
+def _finish(out: FileOutcome, name: SsmixName | None, raw: bytes | None) -> FileOutcome:
+    """The CPU half of :func:`read_found`: decode, validate and map the bytes :func:`_fetch` read."""
+    if raw is None or name is None:
         return out
     try:
-        with open(os.path.join(root, found.relpath), "rb") as fh:
-            raw = fh.read()
         msg = parse(raw, name.data_type)
         out.records = to_records(msg, name, out.warnings)
     except (UnreadableMessage, MissingSegment) as e:
@@ -96,10 +116,53 @@ def read_found(root: str, found: FoundFile) -> FileOutcome:
             f"unreadable (reader error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         )
         return out
-    except OSError as e:
-        out.reason = f"cannot read: {e.strerror or e}"
-        return out
     out.status = Status.READ
+    return out
+
+
+def _read_message(path: str, out: FileOutcome) -> bytes | None:
+    """The file's bytes, or None when it is larger than :data:`MAX_MESSAGE_BYTES`; fills ``out.size`` and
+    ``out.mtime_ns`` when the walk left them unknown.
+
+    A tree holds millions of small files, so this costs three system calls (open, read, close; plus fstat
+    when the size is unknown) where Python's buffered ``open().read()`` makes nine (fstat twice, isatty's
+    ioctl, two lseeks, a read at EOF): on this file system that is ~12 µs of kernel time per file.  One read
+    of ``size + 1`` bytes that returns exactly ``size`` is the whole file; anything else (the file grew or
+    shrank since the walk, a short read) reads on to the end."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = out.size
+        if size < 0:
+            st = os.fstat(fd)
+            size = out.size = st.st_size
+            out.mtime_ns = st.st_mtime_ns
+        if size > MAX_MESSAGE_BYTES:
+            return None
+        data = os.read(fd, size + 1)
+        if len(data) == size:
+            return data
+        parts = [data]
+        total = len(data)
+        while total <= MAX_MESSAGE_BYTES:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+            total += len(chunk)
+        out.size = total
+        return None
+    finally:
+        os.close(fd)
+
+
+def _stat_unread(root: str, out: FileOutcome) -> FileOutcome:
+    """Fill the size and mtime of a file that is not read, if the walk left them unknown."""
+    if out.size < 0:
+        try:
+            st = os.lstat(os.path.join(root, out.relpath))
+            out.size, out.mtime_ns = st.st_size, st.st_mtime_ns
+        except OSError:
+            out.size = 0
     return out
 
 
@@ -126,15 +189,47 @@ def _stray(entry: StrayEntry) -> FileOutcome:
 
 
 def read_patients(root: str, patient_rels: list[str]) -> list[FileOutcome]:
-    """Every file of the given patient folders (the unit of work a worker process does)."""
-    out: list[FileOutcome] = []
+    """Every file of the given patient folders (the unit of work a worker process does).
+
+    The batch is read in two passes: first every folder is listed and every file read (system calls
+    only), then the bytes are parsed.  Interleaving the two costs ~20% more user time per file here: each
+    system call leaves the caches and branch predictors colder for the parser that follows.  The cyclic
+    garbage collector is paused meanwhile (see :func:`cycle_collection_paused`)."""
+    fetched: list[tuple[FileOutcome, SsmixName | None, bytes | None]] = []
     for rel in patient_rels:
         try:
             for found in iter_patient_files(root, rel):
-                out.append(_stray(found) if isinstance(found, StrayEntry) else read_found(root, found))
+                fetched.append(
+                    (_stray(found), None, None) if isinstance(found, StrayEntry) else _fetch(root, found)
+                )
         except OSError as e:
-            out.append(FileOutcome(rel, Status.QUARANTINED, reason=f"cannot list folder: {e.strerror or e}"))
-    return out
+            fetched.append(
+                (
+                    FileOutcome(rel, Status.QUARANTINED, reason=f"cannot list folder: {e.strerror or e}"),
+                    None,
+                    None,
+                )
+            )
+    with cycle_collection_paused():
+        return [_finish(*item) for item in fetched]
+
+
+@contextmanager
+def cycle_collection_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for one bounded batch of reading.
+
+    Records hold only strings and other records, so they never form cycles; but a batch keeps hundreds of
+    thousands of them alive until it is returned, and every automatic collection walks them all again:
+    ~20% of the reader's CPU time.  Reference counting still frees everything as usual; a cycle made
+    meanwhile (there should be none) waits for the next collection after the batch."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _batches(root: str, batch: int) -> Iterator[list[str] | FileOutcome]:

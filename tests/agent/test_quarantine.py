@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import agent.ssmix2.reader as reader
+from agent.ssmix2.layout import FoundFile
 from agent.ssmix2.reader import FileOutcome, Status, read_file, read_tree
 from hakobune.cli import app
 from hakobune.hl7 import encode_message
@@ -359,6 +360,51 @@ def test_file_exactly_at_the_size_limit_is_read(tmp_path: Path, monkeypatch: pyt
     assert _read_one(tmp_path, VALID).status is Status.READ
 
 
+def _found(root: Path, rel: str, size: int) -> FoundFile:
+    parts = tuple(rel.split("/"))
+    st = (root / rel).stat()
+    return FoundFile(rel, parts[:5], parts[5], size, st.st_mtime_ns)
+
+
+@pytest.mark.parametrize("change", ["grew", "shrank"])
+def test_file_changed_since_the_walk_is_read_whole(tmp_path: Path, change: str) -> None:
+    """The walk's size is only a hint: a file rewritten between the walk and the read is read to its end."""
+    rel = _omp01()
+    longer = encode_message([*make_message("OMP-01"), "NTE|1||" + "x" * 5000])
+    write_tree(tmp_path, {rel: VALID if change == "grew" else longer})
+    stale_size = (tmp_path / rel).stat().st_size
+    write_tree(tmp_path, {rel: longer if change == "grew" else VALID})
+    o = reader.read_found(str(tmp_path), _found(tmp_path, rel, stale_size))
+    assert o.status is Status.READ, o.reason
+    assert o.records == read_file(str(tmp_path), rel).records
+
+
+def test_file_that_grew_past_the_limit_after_the_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reader, "MAX_MESSAGE_BYTES", len(VALID) + 10)
+    rel = _omp01()
+    write_tree(tmp_path, {rel: VALID})
+    found = _found(tmp_path, rel, len(VALID))
+    write_tree(tmp_path, {rel: VALID + b"x" * 5000})
+    o = reader.read_found(str(tmp_path), found)
+    assert o.status is Status.QUARANTINED
+    assert o.reason == f"too large for an SS-MIX2 message ({len(VALID) + 5000} bytes)"
+
+
+def test_walk_reports_size_and_mtime_of_every_file(tmp_path: Path) -> None:
+    """The walk does not stat; read, skipped and quarantined files still carry their size and mtime."""
+    _good_tree(tmp_path)
+    skipped = ssmix_relpath(BAD_PID, "20240401", "OMG-01")
+    wrong = ssmix_relpath(BAD_PID, "20240401", "OMP-01").replace("20240401/OMP-01/", "20240401/OMP-11/", 1)
+    write_tree(tmp_path, {skipped: VALID, wrong: VALID, _omp01(): b"garbage"})
+    outcomes = _outcomes(tmp_path)
+    assert {o.status for o in outcomes.values()} == {Status.READ, Status.SKIPPED, Status.QUARANTINED}
+    for rel, o in outcomes.items():
+        st = (tmp_path / rel).stat()
+        assert (o.size, o.mtime_ns) == (st.st_size, st.st_mtime_ns), rel
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file(tmp_path: Path) -> None:
     _good_tree(tmp_path)
@@ -378,14 +424,14 @@ def test_unreadable_file(tmp_path: Path) -> None:
 def test_read_error_is_quarantined_even_as_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same path as a mode-000 file, simulated so it also runs where tests run as root."""
     rel = _omp01()
-    real_open = open
+    real_open = os.open
 
     def failing_open(path: str, *args: Any, **kw: Any) -> Any:
         if str(path).endswith(rel):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kw)
 
-    monkeypatch.setattr(reader, "open", failing_open, raising=False)
+    monkeypatch.setattr(os, "open", failing_open)
     o = _quarantine_one(tmp_path, rel, VALID)
     assert o.reason == "cannot read: Permission denied"
 
