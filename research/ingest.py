@@ -3,10 +3,10 @@
 For every hospital partition the chain is planned from the newest baseline (:func:`restore.chain.plan_chain`
 on the ``research`` stream), and every changeset not applied yet is, in sequence order:
 
-1. verified and opened (:func:`_open_changeset`): signature by the hospital's registered agent key, the
-   hospital named inside, key table and payload hashes, then the epoch key opened with the analysis
-   center's private key — a tampered, forged or foreign file, or one sealed to another key, is refused
-   here with one line naming it, before anything is applied;
+1. verified and opened (:func:`hakobune.sealed.open_changeset`): signature by the hospital's registered
+   agent key, the hospital named inside, key table and payload hashes, then the epoch key opened with the
+   analysis center's private key — a tampered, forged or foreign file, or one sealed to another key, is
+   refused here with one line naming it, before anything is applied;
 2. staged in bounded batches (:class:`_Stage`): decrypted frames are appended as they come, unparsed, to
    a scratch NDJSON file beside the database; every :data:`FLUSH_BYTES` DuckDB's JSON reader parses the
    batch, checks it, and writes each table's rows, the batch's tokens and (for a delta) the ``rkey`` of
@@ -30,12 +30,10 @@ every operation of a frame belongs to the frame's patient), never each record.
 
 from __future__ import annotations
 
-import os
 import shutil
-import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,23 +41,13 @@ from typing import BinaryIO
 
 import duckdb
 import orjson
-import zstandard
 
 from center.catalog import Catalog
 from center.config import load_center_config
 from hakobune.errors import InputError
 from hakobune.keys import RecipientPrivateKey, VerifyKey, load_verify_key
 from hakobune.naming import Stream, check_hospital_id
-from hakobune.sealed import (
-    ENTRY_SIZE,
-    Frame,
-    Header,
-    SealedFile,
-    open_epoch,
-    open_frame,
-    open_key_entry,
-    verify,
-)
+from hakobune.sealed import Header, SealedFile, open_changeset
 from research.database import ResearchDB, first_line
 from restore.chain import plan_chain
 
@@ -321,7 +309,7 @@ def apply_changeset(
     transaction.  Returns (puts, dels, tombstones).  :class:`InputError` naming the file if it is refused;
     nothing of it is then applied."""
     path = sealed.path
-    opened, frames = _open_changeset(path, private, signer, hospital=sealed.header.hospital)
+    opened, frames, _ = open_changeset(path, private, signer, hospital=sealed.header.hospital)
     header = opened.header
     if header.stream != STREAM:
         raise InputError(str(path), f"a {header.stream} changeset, not a research one")
@@ -339,33 +327,6 @@ def apply_changeset(
         stage.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return stage.puts, stage.dels, len(header.tombstones)
-
-
-def _open_changeset(
-    path: Path, private: RecipientPrivateKey, signer: VerifyKey, *, hospital: str
-) -> tuple[SealedFile, Iterator[Frame]]:
-    """:func:`hakobune.sealed.open_changeset` in memory that does not grow with the changeset: each
-    patient's key entry is read and unwrapped when its frame comes, and dropped after (the whole opened
-    key table of a 100,000-patient changeset, an AES-GCM object per patient, took 250 MB).  The file is
-    verified first (signature, key-table and payload hashes); every frame is authenticated as it is
-    opened."""
-    sealed = verify(path, signer, hospital=hospital)
-    epoch = open_epoch(sealed, private)
-    header = sealed.header
-
-    def frames() -> Iterator[Frame]:
-        dctx = zstandard.ZstdDecompressor()
-        with open(path, "rb") as f:
-            f.seek(header.keys_offset + header.key_count * ENTRY_SIZE)
-            for i in range(header.frames):  # framing and key indexes were checked by verify
-                length, index = struct.unpack(">II", f.read(8))
-                body = f.read(length - 4)
-                raw = os.pread(f.fileno(), ENTRY_SIZE, header.keys_offset + index * ENTRY_SIZE)
-                entry = open_key_entry(epoch, sealed, index, raw)
-                if entry.aead is not None:  # else the patient was shredded
-                    yield Frame(entry.token, open_frame(sealed, i, entry, body, dctx))
-
-    return sealed, frames()
 
 
 def _apply(conn: duckdb.DuckDBPyConnection, stage: _Stage, header: Header, now: datetime) -> None:
