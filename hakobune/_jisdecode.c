@@ -119,14 +119,59 @@ walk(const unsigned char *p, Py_ssize_t n, Py_UCS2 *out, Py_ssize_t *marks, Py_s
     return k;
 }
 
+/* Short fields repeat from message to message (codes, units, flags, value types, table ids): a
+ * direct-mapped cache of CACHE_SLOTS strings of 2..CACHE_MAX_CHARS characters hands out the same str instead
+ * of allocating (and later freeing) a new one, and the shared str keeps its hash for the mappers' code
+ * caches.  Strings are immutable, so sharing is invisible; a slot holds one string and is overwritten on a
+ * miss, so the cache never holds more than CACHE_SLOTS small strings (about 1 MB). */
+#define CACHE_SLOTS 16384
+#define CACHE_MAX_CHARS 24
+static PyObject *cache[CACHE_SLOTS];
+
+static inline int
+same_text(PyObject *s, const Py_UCS2 *chars, Py_ssize_t len)
+{
+    if (PyUnicode_GET_LENGTH(s) != len) {
+        return 0;
+    }
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    if (kind == PyUnicode_1BYTE_KIND) {
+        const Py_UCS1 *d = data;
+        for (Py_ssize_t i = 0; i < len; i++) {
+            if (d[i] != chars[i]) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return kind == PyUnicode_2BYTE_KIND && memcmp(data, chars, (size_t)len * sizeof(Py_UCS2)) == 0;
+}
+
 /* A str of chars [a, b) of buf, in the narrowest kind that holds it. */
 static inline PyObject *
 slice(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b)
 {
-    if (a == b) {
+    Py_ssize_t len = b - a;
+    if (len == 0) {
         return Py_NewRef(empty_str);
     }
-    return PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, buf + a, b - a);
+    if (len == 1 || len > CACHE_MAX_CHARS) { /* one Latin-1 character is a CPython singleton already */
+        return PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, buf + a, len);
+    }
+    uint32_t h = 2166136261u; /* FNV-1a over the UCS-2 units */
+    for (Py_ssize_t i = a; i < b; i++) {
+        h = (h ^ buf[i]) * 16777619u;
+    }
+    PyObject **slot = &cache[(h ^ (h >> 16)) & (CACHE_SLOTS - 1)];
+    if (*slot != NULL && same_text(*slot, buf + a, len)) {
+        return Py_NewRef(*slot);
+    }
+    PyObject *s = PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, buf + a, len);
+    if (s != NULL) {
+        Py_XSETREF(*slot, Py_NewRef(s));
+    }
+    return s;
 }
 
 /* Fields of one segment: chars [a, b) of buf, whose '|' positions are marks[first .. last).  Padded with ""

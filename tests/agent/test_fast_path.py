@@ -153,3 +153,16 @@ def test_the_reference_path_alone_reads_the_same(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("HAKOBUNE_PURE_PYTHON", "1")
     assert hl7.split_standard(raw, PAD) is None
     assert parse(raw, "PPR-01").segments == with_fast
+
+
+@needs_fast
+def test_shared_short_fields_are_always_the_right_text() -> None:
+    """Short fields come from a bounded cache of shared strings: after tens of thousands of distinct values
+    (every slot overwritten many times over), in ASCII and in kana/kanji of the same lengths, each field
+    is still exactly the reference's text."""
+    kanji = "京都齋藤邊アイウエオ"
+    for n in range(30_000):
+        ascii_field = f"C{n:x}"
+        jis_field = kanji[n % 5] + kanji[(n // 5) % 10] + str(n % 97)
+        raw = encode_message(["MSH|^~\\&|HIS", f"OBX|1|NM|{ascii_field}^{jis_field}^JC10||{n % 13}|mg"])
+        assert split_standard(raw, PAD) == _split_general(raw)[0], n
