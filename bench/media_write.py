@@ -5,28 +5,31 @@
 Uses the cached synthetic hospital and restore folder of bench/restore_export.py (built the same way if
 missing) and measures, each with peak RSS (1, 2: this process's high-water mark; 3: with its children):
 
-1. the disk writer over already-built bundles (the release's NDJSON, cached, mapped in 16 MiB windows):
-   cut, seal, hash, write, fsync, manifest, against ``cp`` of the same file plus ``sync`` of the copy;
-   then once more fed bundle by bundle, as ``media write`` does;
+1. the disk writer over already-built bundles (the release's NDJSON, cached, read straight into the
+   writer's segment buffers): cut, seal, hash, write, fsync, manifest, against ``cp`` of the same file
+   plus ``sync`` of the copy, with the CPU time of each of the writer's threads; then once more fed
+   bundle by bundle, as ``media write`` does;
 2. ``media verify`` of that disk (signature, every file's SHA-256) against the same ``cp``;
 3. the whole ``media write`` path: bundles built from the restore database (process pool), the disk
    writer and the offline viewer.
 
 Best of ``--runs`` for ``cp``, 1 and 2 (the machine is shared; the best run is the least disturbed one);
-``cp`` and the writer take turns, so that both meet the same load.  ``--skip-whole`` leaves out 3.
+``cp`` and the writer take turns, so that both meet the same load (1 is also given turn by turn: each
+writer run against the ``cp`` just before it).  ``--skip-whole`` leaves out 3.
 Target (issue 5): 1 and 2 at least 80 % of ``cp``, memory bounded.
 """
 
 from __future__ import annotations
 
 import argparse
-import mmap
 import os
 import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,8 +44,6 @@ from media.verify import verify_disk
 from media.write import DiskInfo, DiskWriter, new_disk_id, viewer_factory
 
 HOSPITAL = "9990000002"
-#: The bundles file is fed to the writer through mmap windows of this size (RSS stays bounded).
-WINDOW = 16 << 20
 
 
 def restore_folder(patients: int) -> Path:
@@ -127,14 +128,39 @@ def cp_seconds(src: Path, dst: Path) -> tuple[float, float]:
     return s, cpu_seconds(resource.RUSAGE_CHILDREN) - c0
 
 
-def write_plain(
-    ndjson: Path, out: Path, key: SigningKey, *, one_by_one: bool = False
-) -> tuple[float, int, int, float]:
-    """(1): the writer fed the already-built bundles, in 16 MiB windows (``add_ndjson``) or one by one
-    (``add``).  Seconds, plaintext bytes, disk bytes, CPU seconds (all threads)."""
+@dataclass
+class Run:
+    """One run of (1): seconds, plaintext and disk bytes, CPU seconds of all threads, and per thread."""
+
+    seconds: float
+    plain: int
+    disk: int
+    cpu: float
+    threads: dict[str, float]
+
+    def per_thread(self) -> str:
+        return ", ".join(f"{name} {s:.2f} s" for name, s in self.threads.items())
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each of the disk writer's threads so far (``media-seal``, ``media-hash``, …)."""
+    out: dict[str, float] = {}
+    for t in threading.enumerate():
+        if t.name.startswith("media-") and t.ident is not None:
+            name = t.name.rsplit("_", 1)[0]  # ThreadPoolExecutor appends _<n>
+            try:
+                out[name] = out.get(name, 0.0) + time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+            except OSError:  # it ended meanwhile
+                continue
+    return out
+
+
+def write_plain(ndjson: Path, out: Path, key: SigningKey, *, one_by_one: bool = False) -> Run:
+    """(1): the writer fed the already-built bundles, read from the file straight into its segment
+    buffers (``add_ndjson_file``), or one by one (``add``)."""
     disk_key = new_disk_key()
     info = disk_info(disk_key)  # PBKDF2 and HPKE are not part of the stream being measured
-    t0, c0 = time.perf_counter(), cpu_seconds()
+    t0, c0, m0 = time.perf_counter(), cpu_seconds(), time.thread_time()
     disk = DiskWriter(out, info, disk_key)
     with open(ndjson, "rb", buffering=0) as f:
         if one_by_one:  # as restore.export hands them over (find is memchr: cheaper than split)
@@ -147,13 +173,12 @@ def write_plain(
                 rest += block[start:]
             if rest:
                 disk.add("", rest)
-        else:  # the file mapped in windows: copied once, from the page cache into the segments
-            size = os.fstat(f.fileno()).st_size
-            for at in range(0, size, WINDOW):
-                with mmap.mmap(f.fileno(), min(WINDOW, size - at), access=mmap.ACCESS_READ, offset=at) as m:
-                    disk.add_ndjson(m)
+        else:
+            disk.add_ndjson_file(f)
+    threads = {"caller": time.thread_time() - m0, **thread_cpu()}  # (before finish ends the threads)
     result = disk.finish(key)
-    return time.perf_counter() - t0, result.plaintext_bytes, result.disk_bytes, cpu_seconds() - c0
+    s = time.perf_counter() - t0
+    return Run(s, result.plaintext_bytes, result.disk_bytes, cpu_seconds() - c0, threads)
 
 
 def load() -> str:
@@ -180,17 +205,20 @@ def main() -> None:
     # cp and the writer take turns, so both meet the same load; both read the input from the page cache
     # (the first cp warms it) and both end with their output on the disk (sync of the copy; fsync).
     cps: list[tuple[float, float]] = []
-    best: tuple[float, int, int, float] | None = None
+    turns: list[float] = []  # each run's writer against the cp just before it (the same load)
+    best: Run | None = None
     with PeakSelf() as rss1:
         for i in range(args.runs):
             cps.append(cp_seconds(ndjson, scratch / "cp.copy"))
             disk = scratch / f"disk-{i}"
             run = write_plain(ndjson, disk, key)
+            turns.append(cps[-1][0] / run.seconds * run.plain / size)
             print(
                 f"  run {i + 1}: cp + sync {size / cps[-1][0] / 1e6:,.0f} MB/s, "
-                f"writer {run[1] / run[0] / 1e6:,.0f} MB/s (load {load()})"
+                f"writer {run.plain / run.seconds / 1e6:,.0f} MB/s, CPU {run.cpu:.2f} s "
+                f"({run.per_thread()}) (load {load()})"
             )
-            if best is None or run[0] < best[0]:
+            if best is None or run.seconds < best.seconds:
                 best = run
             if i < args.runs - 1:
                 shutil.rmtree(disk)
@@ -201,17 +229,18 @@ def main() -> None:
         f"cp + sync of {mb(size)}: {cp:.2f} s, {cp_rate / 1e6:,.0f} MB/s (best of {args.runs}; "
         f"CPU {cp_cpu:.2f} s)"
     )
-    s, plain, on_disk, used = best
+    s, plain = best.seconds, best.plain
     print(
-        f"(1) disk writer: {mb(plain)} → {mb(on_disk)} in {s:.2f} s, {plain / s / 1e6:,.0f} MB/s = "
-        f"{plain / s / cp_rate:.0%} of cp; CPU {used:.2f} s ({used / plain * 1e9:.2f} ms/MB, all threads, "
-        f"feed included); peak RSS {mb(rss1.peak)}"
+        f"(1) disk writer: {mb(plain)} → {mb(best.disk)} in {s:.2f} s, {plain / s / 1e6:,.0f} MB/s = "
+        f"{plain / s / cp_rate:.0%} of cp (turn by turn: {', '.join(f'{t:.0%}' for t in turns)}); "
+        f"CPU {best.cpu:.2f} s ({best.cpu / plain * 1e9:.2f} ms/MB, all "
+        f"threads, feed included; before finish: {best.per_thread()}); peak RSS {mb(rss1.peak)}"
     )
     one = write_plain(ndjson, scratch / "disk-one-by-one", key, one_by_one=True)
     shutil.rmtree(scratch / "disk-one-by-one")
     print(
-        f"(1b) the same, bundle by bundle (DiskWriter.add): {one[1] / one[0] / 1e6:,.0f} MB/s = "
-        f"{one[1] / one[0] / cp_rate:.0%} of cp; CPU {one[3]:.2f} s (one run, load {load()})"
+        f"(1b) the same, bundle by bundle (DiskWriter.add): {one.plain / one.seconds / 1e6:,.0f} MB/s = "
+        f"{one.plain / one.seconds / cp_rate:.0%} of cp; CPU {one.cpu:.2f} s (one run, load {load()})"
     )
     disk = scratch / f"disk-{args.runs - 1}"
     anchor = TrustAnchor.of_key(key.public)

@@ -15,7 +15,7 @@ last-segment flag are in the nonce, moving, dropping, repeating or swapping segm
 the file), truncating the stream at a segment boundary, or appending to it all make some segment fail to
 authenticate; the logical name in the key and the associated data keeps a file from passing for
 another.  Segments are independent: the writer seals them in a thread of their own, beside the one that
-cuts the plaintext and the one that hashes and writes the ciphertext.
+cuts the plaintext and those that hash and write the ciphertext.
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from media.crypto import KEY_BYTES, LABEL
 
-#: Plaintext bytes per segment on disks this writer makes (the manifest records the size used).
-SEGMENT_SIZE = 1 << 20
+TAG_BYTES = 16
+#: Plaintext bytes per segment on disks this writer makes (the manifest records the size used): 4 MiB
+#: less the tag, so that a sealed segment is exactly 4 MiB, whole 4 KiB blocks at block offsets, which
+#: the disk writer writes with O_DIRECT from where it sealed them, without a copy (and large enough that
+#: handing segments from thread to thread costs little).
+SEGMENT_SIZE = (4 << 20) - TAG_BYTES
 #: Sizes a reader accepts from a manifest: small ones are for tests, large ones would cost memory.
 MIN_SEGMENT = 16
 MAX_SEGMENT = 64 << 20
-TAG_BYTES = 16
 _MAX_INDEX = 1 << 88
 
 

@@ -27,6 +27,8 @@ import mmap
 import os
 import re
 import shutil
+import threading
+from collections import deque
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
@@ -102,19 +104,32 @@ class Part:
 
 
 #: Writes go out in blocks of this size, aligned for O_DIRECT, from this many buffers (one being filled,
-#: the others on their way to the disk).
+#: the others on their way to the disk) when the data does not come in page-aligned, whole blocks.
 WRITE_BUFFER = 4 << 20
 WRITE_BUFFERS = 3
-_BLOCK = 4096
+#: File offsets, lengths and memory addresses of ``O_DIRECT`` writes are multiples of this.
+BLOCK = 4096
+#: At most this much in one write call: large enough for several of the disk's largest requests at
+#: once (a direct write returns only when all are done).
+WRITE_BATCH = 16 << 20
+_MAX_IOV = 256
+#: Write calls at once (``io`` threads): the disk gets the next batch while the last is finishing.
+WRITERS = 2
 
 
 class AlignedWriter:
-    """A new file written in large block-aligned pieces from page-aligned buffers, with ``O_DIRECT``
-    where the file system allows it (ext4, XFS, vfat and exFAT do; tmpfs does not): the ciphertext then
-    goes from our buffer to the disk without a copy into the page cache, which on a virtual machine costs
-    more CPU than sealing it, and the cache is not flooded with a disk's worth of data nobody will read
-    here.  A direct write returns only when the disk has the data, so full buffers are written by the
-    ``io`` thread while the next one fills.  The unaligned tail is written with ``O_DIRECT`` cleared.
+    """A new file written in large block-aligned pieces, with ``O_DIRECT`` where the file system allows
+    it (ext4, XFS, vfat and exFAT do; tmpfs does not): the ciphertext then goes from our memory to the
+    disk without a copy into the page cache, which on a virtual machine can cost more CPU than sealing
+    it (docs/media.md, Throughput), and the cache is not flooded with a disk's worth of data nobody will
+    read here.  A direct write returns only when the disk has the data, so the writes are made by the
+    ``io`` threads, each at the offset its batch was given when it was taken from the queue, while the
+    caller goes on.
+
+    Data lent with ``aligned`` (it starts at a page boundary and stays untouched until the writes
+    :meth:`write` returns are done: the disk writer seals each segment into such memory) is written from
+    where it is, in whole blocks, as long as the file so far is whole blocks; anything else is copied into
+    page-aligned buffers that go out when full.  The unaligned tail is written with ``O_DIRECT`` cleared.
     ``close`` fsyncs."""
 
     def __init__(
@@ -135,11 +150,25 @@ class AlignedWriter:
         self._bufs = buffers
         self._io = io
         self._writing: list[Future[None] | None] = [None] * len(buffers)
+        #: Pieces for the ``io`` threads, in file order, each with the future it completes when written,
+        #: and the file offset of the first (under the lock).
+        self._queue: deque[tuple[memoryview, Future[None]]] = deque()
+        self._lock = threading.Lock()
+        self._offset = 0
+        #: Every piece queued and not yet seen written (close and abort wait for them all).
+        self._submitted: list[Future[None]] = []
         self._cur = 0
         self._fill = 0
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | memoryview, *, aligned: bool = False) -> list[Future[None]]:
+        """Queue ``data`` for the file; the writes that still read from ``data`` itself (only when lent
+        ``aligned``: the caller must not change it until they are done)."""
         view = memoryview(data)
+        lent: list[Future[None]] = []
+        if aligned and self._fill == 0 and len(view) >= BLOCK:
+            whole = len(view) - len(view) % BLOCK
+            lent.append(self._submit(view[:whole]))
+            view = view[whole:]
         size = len(self._bufs[0])
         while view:
             buf = self._bufs[self._cur]
@@ -148,44 +177,79 @@ class AlignedWriter:
             self._fill += n
             view = view[n:]
             if self._fill == size:
-                self._writing[self._cur] = self._io.submit(self._flush, buf, 0, size)
+                self._writing[self._cur] = self._submit(memoryview(buf))
                 self._cur = (self._cur + 1) % len(self._bufs)
                 self._fill = 0
                 pending, self._writing[self._cur] = self._writing[self._cur], None
                 if pending is not None:  # that buffer is still on its way to the disk
                     pending.result()
+        return lent
 
-    def _flush(self, buf: mmap.mmap, start: int, end: int) -> None:
-        with memoryview(buf) as whole:
-            view = whole[start:end]
-            done = 0
-            while done < len(view):
-                done += os.write(self.fd, view[done:])
-            view.release()
+    def _submit(self, view: memoryview) -> Future[None]:
+        """Queue ``view`` for the ``io`` threads; done when it is written."""
+        self._submitted = [f for f in self._submitted if not f.done() or f.exception()]
+        written: Future[None] = Future()
+        with self._lock:
+            self._queue.append((view, written))
+        self._submitted.append(written)
+        self._io.submit(self._write_queued)
+        return written
+
+    def _write_queued(self) -> None:
+        """(an ``io`` thread) Write what is queued, in one call at its place in the file: the pieces that
+        piled up while the last writes were on their way go out together (up to :data:`WRITE_BATCH`),
+        as large requests, several in flight at once.  (Each piece queued asks for a call; the later ones
+        may find nothing left.)"""
+        batch: list[tuple[memoryview, Future[None]]] = []
+        with self._lock:
+            offset = size = self._offset
+            while self._queue and size - offset < WRITE_BATCH and len(batch) < _MAX_IOV:
+                batch.append(self._queue.popleft())
+                size += len(batch[-1][0])
+            self._offset = size
+        if not batch:
+            return
+        try:
+            self._write_all([view for view, _ in batch], offset)
+        except BaseException as e:
+            for _, written in batch:
+                written.set_exception(e)
+        else:
+            for _, written in batch:
+                written.set_result(None)
+
+    def _write_all(self, views: list[memoryview], offset: int) -> None:
+        while views:
+            n = os.pwritev(self.fd, views, offset)
+            offset += n
+            while views and n >= len(views[0]):
+                n -= len(views.pop(0))
+            if n:
+                views[0] = views[0][n:]
 
     def _drain(self) -> BaseException | None:
         """Wait for every write in flight; the first error one of them raised."""
         error: BaseException | None = None
-        for i, pending in enumerate(self._writing):
-            self._writing[i] = None
-            if pending is not None:
-                try:
-                    pending.result()
-                except BaseException as e:
-                    error = error or e
+        for pending in self._submitted:
+            try:
+                pending.result()
+            except BaseException as e:
+                error = error or e
+        self._submitted = []
+        self._writing = [None] * len(self._bufs)
         return error
 
     def close(self) -> None:
         if (error := self._drain()) is not None:
             raise error
-        buf = self._bufs[self._cur]
-        aligned = self._fill - self._fill % _BLOCK
-        if aligned:
-            self._flush(buf, 0, aligned)
-        if aligned < self._fill:
-            if self.direct:
-                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-            self._flush(buf, aligned, self._fill)
+        with memoryview(self._bufs[self._cur]) as buf:
+            aligned = self._fill - self._fill % BLOCK
+            if aligned:
+                self._write_all([buf[:aligned]], self._offset)
+            if aligned < self._fill:
+                if self.direct:
+                    fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                self._write_all([buf[aligned : self._fill]], self._offset + aligned)
         self._fill = 0
         os.fsync(self.fd)
         os.close(self.fd)
@@ -199,10 +263,11 @@ class AlignedWriter:
 
 
 class PartWriter:
-    """Writes a byte stream (the sealed payload) into parts of at most ``part_size`` bytes, filling one
-    volume's payload room (``volume_room``) before starting the next.  A part is written under a
-    temporary name, fsynced when full and renamed; its SHA-256 is computed as it is written.  Called
-    from one thread at a time; :meth:`close` or :meth:`abort` ends its writing thread."""
+    """Writes a byte stream (the sealed payload) into parts of at most ``part_size`` bytes (whole 4 KiB
+    blocks when larger than one), filling one volume's payload room (``volume_room``) before starting
+    the next.  A part is written under a temporary name, fsynced when full and renamed; its SHA-256 is
+    computed as it is written.  Called from one thread at a time; :meth:`close` or :meth:`abort` ends
+    its writing thread."""
 
     def __init__(
         self, layout: Layout, logical: str, *, part_size: int, volume_room: int | None, direct: bool = True
@@ -210,7 +275,7 @@ class PartWriter:
         self.layout = layout
         self.direct = direct
         self._buffers = [mmap.mmap(-1, WRITE_BUFFER) for _ in range(WRITE_BUFFERS)]
-        self._io = ThreadPoolExecutor(1, thread_name_prefix="media-io")
+        self._io = ThreadPoolExecutor(WRITERS, thread_name_prefix="media-io")
         self.logical = logical
         self.part_size = part_size
         self.volume_room = volume_room
@@ -232,6 +297,8 @@ class PartWriter:
                 self._volume += 1
                 left = self.volume_room
             limit = min(limit, left)
+        if limit > BLOCK:  # whole blocks, so that the next part too starts where direct writes can
+            limit -= limit % BLOCK
         root = self.layout.root(self._volume)
         data = root / DATA_DIR
         data.mkdir(parents=True, exist_ok=True)
@@ -253,19 +320,25 @@ class PartWriter:
         self.parts.append(Part(index, self._volume, path, self._size, self._hash.hexdigest()))
         self._used[self._volume] = self._used.get(self._volume, 0) + self._size
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | memoryview, *, aligned: bool = False) -> list[Future[None]]:
+        """Hash ``data`` into its part(s) and queue it for the disk.  With ``aligned`` it is lent, as to
+        :meth:`AlignedWriter.write`: the writes returned still read from it."""
         view = memoryview(data)
+        lent: list[Future[None]] = []
+        at = 0  # where ``view`` starts in ``data`` (a piece after a part's end is aligned only at a block)
         while view:
             if self._file is None:
                 self._open_next()
             assert self._file is not None
             take = view[: self._limit - self._size]
             self._hash.update(take)
-            self._file.write(take)
+            lent += self._file.write(take, aligned=aligned and at % BLOCK == 0)
             self._size += len(take)
+            at += len(take)
             view = view[len(take) :]
             if self._size >= self._limit:
                 self._close_current()
+        return lent
 
     def close(self) -> list[Part]:
         """Finish the last part; every part, in order."""

@@ -7,6 +7,9 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -158,12 +161,40 @@ def test_the_writers_threaded_pipeline_seals_exactly_as_the_stream_encryptor(
     from media.write import _SealPipeline
 
     out: list[bytes] = []
-    pipeline = _SealPipeline(SegmentSealer(KEY, NAME, SEG), lambda b: out.append(bytes(b)), depth=depth)
+    pipeline = _SealPipeline(
+        SegmentSealer(KEY, NAME, SEG), lambda b: out.append(bytes(b)), plain=depth, sealed=6 - depth
+    )
     for piece in _split(data, cuts):
         pipeline.write(piece)
     assert pipeline.finish() == len(data)
     assert b"".join(out) == encrypt_all(KEY, NAME, data, SEG)
     assert [len(c) for c in out[:-1]] == [SEG + TAG_BYTES] * (len(out) - 1)
+
+
+def test_a_sealed_buffer_waits_for_the_writes_still_reading_it(tmp_path: Path) -> None:
+    """The sink may lend each segment's ciphertext to writes that finish later (as the parts writer
+    does): the pipeline seals into that buffer again only once they are done.  Read from a file, the
+    plaintext goes straight into the segment buffers, in pieces of at most a segment."""
+    from media.write import _SealPipeline
+
+    data = random.Random(5).randbytes(20 * SEG + 3)
+    (tmp_path / "plain").write_bytes(data)
+    out: list[bytes] = []
+    with ThreadPoolExecutor(1) as disk:
+
+        def later(view: memoryview) -> list[Future[None]]:
+            def write() -> None:
+                time.sleep(0.001)
+                out.append(bytes(view))
+
+            return [disk.submit(write)]
+
+        pipeline = _SealPipeline(SegmentSealer(KEY, NAME, SEG), later, plain=2, sealed=3)
+        with open(tmp_path / "plain", "rb", buffering=0) as f:
+            pieces = [end - start for _, start, end in pipeline.read(f)]
+        assert pipeline.finish() == len(data)
+    assert b"".join(out) == encrypt_all(KEY, NAME, data, SEG)
+    assert sum(pieces) == len(data) and max(pieces) <= SEG
 
 
 def test_a_failing_sink_stops_the_pipeline_with_its_error() -> None:
@@ -172,7 +203,7 @@ def test_a_failing_sink_stops_the_pipeline_with_its_error() -> None:
     def full_disk(_: memoryview) -> None:
         raise OSError(28, "No space left on device")
 
-    pipeline = _SealPipeline(SegmentSealer(KEY, NAME, SEG), full_disk, depth=2)
+    pipeline = _SealPipeline(SegmentSealer(KEY, NAME, SEG), full_disk, plain=2, sealed=2)
     with pytest.raises(OSError, match="No space"):
         for _ in range(10):
             pipeline.write(b"x" * SEG)

@@ -80,17 +80,17 @@ def test_an_aborted_part_leaves_nothing(tmp_path: Path) -> None:
 def test_a_failed_write_on_the_io_thread_surfaces_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = AlignedWriter._flush
+    real = AlignedWriter._write_all
     calls = 0
 
-    def full_disk(self: AlignedWriter, buf: mmap.mmap, start: int, end: int) -> None:
+    def full_disk(self: AlignedWriter, views: list[memoryview], offset: int) -> None:
         nonlocal calls
         calls += 1
         if calls > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(self, buf, start, end)
+        real(self, views, offset)
 
-    monkeypatch.setattr(AlignedWriter, "_flush", full_disk)
+    monkeypatch.setattr(AlignedWriter, "_write_all", full_disk)
     w = PartWriter(Layout(tmp_path, multi=False), "x", part_size=1 << 30, volume_room=None)
     with pytest.raises(OSError, match="No space"):
         for _ in range(8):
@@ -109,3 +109,34 @@ def test_file_sha256_reads_ahead_and_still_hashes_the_file(tmp_path: Path, size:
     seen: list[int] = []
     assert file_sha256(path, bytearray(4096), seen.append) == (size, hashlib.sha256(data).hexdigest())
     assert sum(seen) == size and all(0 < n <= 4096 for n in seen)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("part_size", [12_288, 30_000, 1 << 20])
+def test_lent_pieces_are_written_from_where_they_are_and_exactly(
+    tmp_path: Path, direct: bool, part_size: int
+) -> None:
+    """Pieces lent page-aligned (as the disk writer seals its segments) reach the parts exactly: whole
+    blocks are written from the lender's memory, so once the writes returned are done, reusing that
+    memory changes nothing; the rest (unaligned sizes, a part that ends mid-piece) is copied."""
+    rnd = random.Random(part_size)
+    slot = mmap.mmap(-1, 4 * 4096)
+    w = PartWriter(Layout(tmp_path, multi=False), "x", part_size=part_size, volume_room=None, direct=direct)
+    sent, lent = b"", 0
+    for size in [8192, 4096, 12_288, 100, 8192, 5000, 16_384] * 3:
+        piece = rnd.randbytes(size)
+        slot[:size] = piece
+        writes = w.write(memoryview(slot)[:size], aligned=True)
+        for pending in writes:
+            pending.result()
+        lent += len(writes)
+        slot[:size] = bytes(size)  # the slot is reused: the part must not see it
+        sent += piece
+    w.close()
+    bodies = [(tmp_path / p.path).read_bytes() for p in w.parts]
+    assert b"".join(bodies) == sent
+    assert lent > 0
+    for part, body in zip(w.parts, bodies, strict=True):
+        assert len(body) == part.size <= part_size
+        assert part.sha256 == hashlib.sha256(body).hexdigest()
+    assert all(p.size % 4096 == 0 for p in w.parts[:-1])  # parts end on blocks: the next starts aligned

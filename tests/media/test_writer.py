@@ -4,6 +4,7 @@ the manifest, ``media open`` still refuses a payload changed after verification 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import mmap
 import os
@@ -20,6 +21,7 @@ from media.crypto import new_disk_key, subkey, wrap_to_passphrase, wrap_to_recip
 from media.manifest import MANIFEST_NAME, PAYLOAD_NAME, Manifest, parse_manifest
 from media.open import _decrypt
 from media.stream import StreamError, ciphertext_size, decrypt_chunks
+from media.volumes import AlignedWriter
 from media.write import DiskInfo, DiskWriter, new_disk_id
 from tests.media.conftest import TEST_ITERATIONS
 
@@ -93,9 +95,13 @@ def test_ndjson_pieces_and_single_bundles_make_the_same_disk_payload(tmp_path: P
             with mmap.mmap(f.fileno(), min(step, len(ndjson) - at), access=mmap.ACCESS_READ, offset=at) as m:
                 mapped.add_ndjson(m)
     mapped.finish(KEY)
-    m1, m2, m3 = (_manifest(tmp_path / name) for name in ("one", "many", "mapped"))
-    assert m1.patients == m2.patients == m3.patients == result.patients == count
-    assert m1.doc["files"] == m2.doc["files"] == m3.doc["files"]  # the same parts, sizes and hashes
+    read = _writer(tmp_path / "read", disk_key, info)
+    with open(tmp_path / "bundles.ndjson", "rb", buffering=0) as f:
+        read.add_ndjson_file(f)
+    read.finish(KEY)
+    m1, m2, m3, m4 = (_manifest(tmp_path / name) for name in ("one", "many", "mapped", "read"))
+    assert m1.patients == m2.patients == m3.patients == m4.patients == result.patients == count
+    assert m1.doc["files"] == m2.doc["files"] == m3.doc["files"] == m4.doc["files"]  # same parts, hashes
     assert _payload(tmp_path / "many", m2, disk_key) == ndjson
     assert "sha256" not in m2.doc["files"][0]  # the plaintext is not hashed: the stream authenticates it
 
@@ -119,6 +125,33 @@ def test_add_ndjson_needs_whole_lines_and_no_viewer(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="one by one"):
         w.add_ndjson(b"{}\n")
     w.abort()
+
+
+def test_a_failed_disk_write_reaches_the_caller_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk refusing a write on the I/O thread (segments of 4 KiB sealed: written from where they
+    were sealed, in batches) stops the writer with that error, and abort leaves nothing."""
+    real = AlignedWriter._write_all
+    calls = 0
+
+    def full_disk(self: AlignedWriter, views: list[memoryview], offset: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, views, offset)
+
+    monkeypatch.setattr(AlignedWriter, "_write_all", full_disk)
+    disk_key = new_disk_key()
+    w = DiskWriter(tmp_path / "d", _info(disk_key), disk_key, segment_size=4096 - 16)
+    with pytest.raises(OSError, match="No space"):
+        for _ in range(300):
+            w.add_ndjson(b"x" * 4000 + b"\n")
+        w.finish(KEY)
+    w.abort()
+    assert calls > 2
+    assert not (tmp_path / "d").exists()
 
 
 def _sealed_disk(tmp_path: Path) -> tuple[Path, Manifest, bytes]:
