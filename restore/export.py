@@ -14,6 +14,7 @@ chain during unlock, does no more than pass on a few compressed kilobytes.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import time
@@ -32,8 +33,8 @@ from hakobune.durable import fsync_dir
 from hakobune.errors import InputError
 from hakobune.parallel import resolve_workers
 from restore.database import PatientRow, stored_row
-from restore.fhir import ExportWindow, dumps
-from restore.fhir.bundle import encoded_bundle
+from restore.fhir import ExportWindow
+from restore.fhir.bundle import serialized_bundle
 
 #: Patient IDs become file names: only these characters are allowed (SS-MIX2 IDs are alphanumeric).
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -74,7 +75,7 @@ def _build(settings: _Settings, item: Work) -> Built:
     """One patient's bundle: written to its file when there is a folder, returned when wanted (runs in a
     worker process)."""
     row = _row(item)
-    bundle = encoded_bundle(
+    data, entries = serialized_bundle(
         row.patient,
         row.encoded,
         hospital=settings.hospital,
@@ -83,20 +84,34 @@ def _build(settings: _Settings, item: Work) -> Built:
         window=settings.window,
         generated_at=settings.generated_at,
     )
-    data = dumps(bundle)
     if settings.folder is not None:
         path = settings.folder / f"{row.patient_id}.json"
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    return (data if settings.keep else b""), len(data), len(bundle["entry"])
+    return (data if settings.keep else b""), len(data), entries
 
 
 def _build_many(settings: _Settings, items: list[Work]) -> list[Built]:
     """A batch of patients' bundles (one task for a worker process: a task per patient costs more in
-    pickling and queueing than building a small bundle does)."""
-    return [_build(settings, item) for item in items]
+    pickling and queueing than building a small bundle does).
+
+    The cyclic garbage collector is off meanwhile: a bundle is a tree of a few thousand dicts that
+    reference counting frees, and the collector would walk each of them two or three times while it is
+    being built (about 4% of the instructions)."""
+    gc.disable()
+    try:
+        return [_build(settings, item) for item in items]
+    finally:
+        gc.enable()
+
+
+def _start_worker() -> None:
+    """Initializer of a worker process: whatever it inherited from the parent (during an unlock, the
+    replay's memory) goes to the collector's permanent generation, so no collection walks it, and its
+    pages stay shared with the parent instead of being copied when a collection touches them."""
+    gc.freeze()
 
 
 def _ready() -> None:
@@ -179,7 +194,7 @@ class BundleExporter:
         if self._workers > 1:
             # start the workers now, not when the first patient is ready (a fork is cheaper before the
             # replay has grown this process, and the first bundle does not wait for it)
-            self._pool = ProcessPoolExecutor(max_workers=self._workers)
+            self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=_start_worker)
             for _ in range(self._workers):
                 self._pool.submit(_ready)
 
@@ -210,7 +225,7 @@ class BundleExporter:
         if not self._batch:
             return
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self._workers)
+            self._pool = ProcessPoolExecutor(max_workers=self._workers, initializer=_start_worker)
         batch, ids, self._batch, self._batch_ids = self._batch, self._batch_ids, [], []
         self._batch_size = min(2 * self._batch_size, _MAX_BATCH)
         self._window.append((ids, self._pool.submit(_build_many, self.settings, batch)))

@@ -408,8 +408,12 @@ def run_export(
 @app.command()
 def export(
     folder: Path = _folder_opt(),
-    out: Path | None = typer.Option(None, "--out", help="Write <patient-id>.json bundles here."),
-    ndjson: Path | None = typer.Option(None, "--ndjson", help="Write all bundles to this NDJSON file."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write <patient-id>.json bundles here (a file each: slower for a whole hospital)."
+    ),
+    ndjson: Path | None = typer.Option(
+        None, "--ndjson", help="Write all bundles to this NDJSON file (the whole-hospital form)."
+    ),
     patient: list[str] = typer.Option([], "--patient", help="Only these patient IDs. Repeat."),
     months: int = typer.Option(6, "--months", min=1, help="Medications and labs of the last N months."),
     as_of: str | None = typer.Option(None, "--as-of", help="Window end date (default: today)."),

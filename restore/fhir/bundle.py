@@ -3,6 +3,8 @@ resources on JP Core 1.1.2 profiles.
 
 The hot path builds plain dicts and serializes them with orjson (:func:`dumps`); nothing here parses or
 validates FHIR models (``validate=True`` does, through ``fhir.resources.R4B``, for callers that want it).
+The export's path (:func:`serialized_bundle`) serializes at once, so it reuses the parts of resources that
+depend only on a code and a value instead of making them again; the bundles handed out are all fresh dicts.
 Every id is a UUIDv5 of the hospital and the record's key, so exporting the same records again gives
 the same bytes, and references between entries are those ``urn:uuid:`` fullUrls.
 
@@ -19,7 +21,6 @@ very text, else a :class:`~decimal.Decimal` that :func:`dumps` writes digit for 
 from __future__ import annotations
 
 import hashlib
-import html
 import re
 import uuid
 from calendar import monthrange
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import IO, Any, Literal
+from operator import itemgetter
+from typing import IO, Any, Literal, TypeVar
 from urllib.parse import quote
 
 import orjson
@@ -37,6 +39,7 @@ from hakobune.records import FORMAT_VERSION, Patient, Record, encode
 from restore.fhir import codesystems as cs
 
 Json = dict[str, Any]
+_T = TypeVar("_T")
 
 # --- profiles (JP Core 1.1.2, canonical http://jpfhir.jp/fhir/core) -----------------------------------
 _JP = "http://jpfhir.jp/fhir/core/StructureDefinition/"
@@ -77,10 +80,11 @@ def make_id(name: str) -> str:
     h = _ID_SHA1.copy()
     h.update(name.encode())
     x = h.hexdigest()
-    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[int(x[16], 16) & 3]}{x[17:20]}-{x[20:32]}"
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
-_VARIANT = "89ab"
+#: The variant nibble (bits 10xx) for each hex digit of the hash.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +103,10 @@ class ExportWindow:
 
 
 # ------------------------------------------------------------------------------------------ values
-_ISO = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?)?)?)?")
+#: ISO text as records hold it: ``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD``, then optionally ``THH:MM`` with
+#: seconds and a fraction; checked as a day (10 characters at most) and a time of day (the rest).
+_ISO_DAY = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+_ISO_TIME = re.compile(r"T(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?")
 _DECIMAL = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
 
@@ -107,22 +114,40 @@ _DECIMAL = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 def fhir_datetime(text: str) -> str | None:
     """A FHIR ``dateTime`` from the ISO text a record holds (partial dates kept, times get seconds and the
     Japan offset); None when the text is not a date."""
-    m = _ISO.fullmatch(text)
+    if len(text) > 10:  # a time follows a whole date
+        time = _iso_time(text[10:])
+        return None if time is None or not _is_iso_day(text[:10]) else text[:10] + time
+    return text if _is_iso_day(text) else None
+
+
+@lru_cache(maxsize=1 << 14)
+def _is_iso_day(text: str) -> bool:
+    """Whether ``text`` is a year, a month or a day of the calendar (days and times of day are cached
+    apart: there are few of each, while date-times are nearly all different)."""
+    m = _ISO_DAY.fullmatch(text)
     if m is None:
-        return None
-    y, mo, d, hh, mi, ss, frac = m.groups()
+        return False
+    y, mo, d = m.groups()
     try:
         if d is not None:
             date(int(y), int(mo), int(d))
         elif mo is not None and not 1 <= int(mo) <= 12:
-            return None
+            return False
     except ValueError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1 << 12)
+def _iso_time(text: str) -> str | None:
+    """``T13:53`` → ``T13:53:00+09:00``; None when ``text`` is no time of day."""
+    m = _ISO_TIME.fullmatch(text)
+    if m is None:
         return None
-    if hh is None:
-        return text
+    hh, mi, ss, frac = m.groups()
     if int(hh) > 23 or int(mi) > 59 or (ss is not None and int(ss) > 59):
         return None
-    return f"{y}-{mo}-{d}T{hh}:{mi}:{ss or '00'}{frac or ''}{_JST}"
+    return f"T{hh}:{mi}:{ss or '00'}{frac or ''}{_JST}"
 
 
 def fhir_date(text: str) -> str | None:
@@ -171,7 +196,8 @@ def in_window(encoded: Iterable[bytes], *, as_of: date, window: ExportWindow) ->
     """The record encodings (:func:`hakobune.records.encode`) a bundle can use: lab results outside the
     lab window are dropped before anyone pays for decoding them.  The day rule is the builder's
     (observation time, else care date), so the bundle is the same with or without this step."""
-    cut, end = _months_before(as_of, window.months_labs), as_of.isoformat()
+    end = as_of.isoformat()
+    cut = _cuts(end, window)[2]
     out: list[bytes] = []
     for e in encoded:
         if e.startswith(_LAB_ENCODING):
@@ -233,11 +259,23 @@ def _range(text: str) -> tuple[Number | None, Number | None]:
     return (_decimal(low) if low else None), (_decimal(high) if high else None)
 
 
+@lru_cache(maxsize=64)
+def _cuts(as_of: str, window: ExportWindow) -> tuple[str, str, str]:
+    """The first days of the resolved-problem, medication and lab windows ending on ``as_of``."""
+    d = date.fromisoformat(as_of)
+    return (
+        _months_before(d, window.months_resolved_problems),
+        _months_before(d, window.months_medications),
+        _months_before(d, window.months_labs),
+    )
+
+
 def _months_before(d: date, months: int) -> str:
     y, m0 = divmod(d.year * 12 + d.month - 1 - months, 12)
     return date(y, m0 + 1, min(d.day, monthrange(y, m0 + 1)[1])).isoformat()
 
 
+@lru_cache(maxsize=1 << 12)
 def _add_days(day: str, days: int) -> str:
     try:
         return date.fromordinal(date.fromisoformat(day).toordinal() + days).isoformat()
@@ -245,15 +283,19 @@ def _add_days(day: str, days: int) -> str:
         return day
 
 
+def _escape(text: str) -> str:
+    """``html.escape(text, quote=False)`` without the call overhead (narratives escape every line)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _xhtml(items: list[str], empty: str) -> str:
-    body = "<ul>" + "".join(f"<li>{html.escape(i, quote=False)}</li>" for i in items) + "</ul>"
     if not items:
-        body = f"<p>{html.escape(empty, quote=False)}</p>"
-    return f'<div xmlns="{cs.XHTML_NS}">{body}</div>'
+        return f'<div xmlns="{cs.XHTML_NS}"><p>{_escape(empty)}</p></div>'
+    return f'<div xmlns="{cs.XHTML_NS}"><ul><li>' + "</li><li>".join(map(_escape, items)) + "</li></ul></div>"
 
 
 def _text(*parts: str) -> str:
-    return " ".join(p for p in parts if p)
+    return " ".join(filter(None, parts))
 
 
 # --------------------------------------------------------------------------------------- builder
@@ -299,12 +341,8 @@ _RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:ml|mL|ML)\s*/\s*(?:hr|h|H|時間)\s
 Section = Literal["problems", "medications", "allergies", "results"]
 
 
-@dataclass(slots=True)
-class _Item:
-    sort: tuple[Any, ...]
-    full_url: str
-    resource: Json
-    line: str
+#: A section entry: (sort key, fullUrl, resource, narrative line).
+_Item = tuple[tuple[Any, ...], str, Json, str]
 
 
 def _key_text(k: Json) -> str:
@@ -336,12 +374,12 @@ class _Builder:
     cut_medications: str = ""
     cut_labs: str = ""
     instance_prefix: str = ""
+    #: Parts of resources already made for the same values, reused (:data:`_SHARED`), or None: every
+    #: dict fresh.  Only a bundle that is serialized at once and never handed out may share them.
+    shared: dict[tuple[Any, ...], Any] | None = None
 
     def __post_init__(self) -> None:
-        d = date.fromisoformat(self.as_of)
-        self.cut_problems = _months_before(d, self.window.months_resolved_problems)
-        self.cut_medications = _months_before(d, self.window.months_medications)
-        self.cut_labs = _months_before(d, self.window.months_labs)
+        self.cut_problems, self.cut_medications, self.cut_labs = _cuts(self.as_of, self.window)
         self.instance_prefix = self.hospital + "/"
 
     # -- ids ------------------------------------------------------------------------------------------
@@ -356,17 +394,21 @@ class _Builder:
     ) -> None:
         """Put ``res`` (of the record with ``key``, whose text is ``ks``) in ``section``; items sort by
         ``sort`` and then by record key (item numbers as numbers: 1.10 after 1.9), descending."""
-        u = self.uid(kind, ks)
+        self.put(section, (*sort, _key_order(key), ks), kind, ks, res, line)
+
+    def put(self, section: Section, sort: tuple[Any, ...], kind: str, ks: str, res: Json, line: str) -> None:
+        """:meth:`add` with the whole sort key given."""
+        u = make_id(f"{self.hospital}|{kind}|{ks}")
         res["id"] = u
-        self.sections.setdefault(section, []).append(
-            _Item((*sort, _key_order(key), ks), "urn:uuid:" + u, res, line)
-        )
+        item = (sort, "urn:uuid:" + u, res, line)
+        items = self.sections.get(section)
+        if items is None:
+            self.sections[section] = [item]
+        else:
+            items.append(item)
 
     def seen(self, section: Section) -> None:
         self.recorded[section] = self.recorded.get(section, 0) + 1
-
-    def subject(self) -> Json:
-        return {"reference": self.patient_url}
 
     # -- codes ----------------------------------------------------------------------------------------
     @staticmethod
@@ -381,17 +423,23 @@ class _Builder:
             out["display"] = c["display"]
         return out
 
-    def concept(self, c: Json | None, text: str = "") -> Json | None:
-        coding = self.coding(c)
-        label = text or (_display_or_code(c) if c is not None else "")
-        if coding is None and not label:
-            return None
-        out: Json = {}
-        if coding is not None:
-            out["coding"] = [coding]
-        if label:
-            out["text"] = label
-        return out
+    @staticmethod
+    def concept(c: Json | None, text: str = "") -> Json | None:
+        """A CodeableConcept: the coding (as :meth:`coding` makes it) and a text (``text``, else the
+        display, else the code); None when there is neither."""
+        if c is None:
+            return {"text": text} if text else None
+        code, display = c["code"], c["display"]
+        label = text or display or code
+        system = cs.system_for(c["system"], code) if code else None
+        if system is None:
+            return {"text": label} if label else None
+        coding: Json = (
+            {"system": system, "code": code, "display": display}
+            if display
+            else {"system": system, "code": code}
+        )
+        return {"coding": [coding], "text": label}
 
     @staticmethod
     def quantity(amount: str, unit: Json | None) -> Json | None:
@@ -405,9 +453,6 @@ class _Builder:
         q["system"] = cs.MERIT9_UNIT
         q["code"] = unit["code"]
         return q
-
-    def route(self, c: Json | None) -> Json | None:
-        return self.concept(c)
 
     # -- resources ------------------------------------------------------------------------------------
     def patient(self, p: Patient, hospital: str) -> Json:
@@ -499,7 +544,7 @@ class _Builder:
         res: Json = {
             "resourceType": "Condition",
             "meta": {"profile": [JP_CONDITION]},
-            "identifier": self.instance_id(ks),
+            "identifier": [{"system": cs.RESOURCE_INSTANCE, "value": self.instance_prefix + ks}],
             "clinicalStatus": {"coding": [{"system": cs.CONDITION_CLINICAL, "code": status}]},
             "category": [
                 {
@@ -520,7 +565,7 @@ class _Builder:
             if label:
                 code["text"] = label
             res["code"] = code
-        res["subject"] = self.subject()
+        res["subject"] = {"reference": self.patient_url}
         onset = fhir_datetime(onset_text) if onset_text else None
         if onset:
             res["onsetDateTime"] = onset
@@ -551,7 +596,7 @@ class _Builder:
         res: Json = {
             "resourceType": "AllergyIntolerance",
             "meta": {"profile": [JP_ALLERGY]},
-            "identifier": self.instance_id(ks),
+            "identifier": [{"system": cs.RESOURCE_INSTANCE, "value": self.instance_prefix + ks}],
             "clinicalStatus": {"coding": [{"system": cs.ALLERGY_CLINICAL, "code": "active"}]},
         }
         category, allergen, severity = a["category"], a["allergen"], a["severity"]
@@ -566,7 +611,7 @@ class _Builder:
         code = self.concept(allergen)
         if code is not None:
             res["code"] = code
-        res["patient"] = self.subject()
+        res["patient"] = {"reference": self.patient_url}
         if onset_text:
             onset = fhir_datetime(onset_text)
             if onset:
@@ -604,7 +649,7 @@ class _Builder:
             if not self._in_med_window(start, end or start):
                 return
             ks = _key_text(k)
-            res = self._med_request(p, ks, order_in_rp, start, end or start, days)
+            res = self._med_request(p, ks, order_in_rp, start, end or start)
             kind = "MedicationRequest"
         else:
             if not self._in_med_window(start, start):
@@ -625,9 +670,7 @@ class _Builder:
         )
         self.add("medications", (start,), kind, k, ks, res, line)
 
-    def _med_request(
-        self, p: Json, ks: str, order_in_rp: int, start: str, end: str, days: Number | None
-    ) -> Json:
+    def _med_request(self, p: Json, ks: str, order_in_rp: int, start: str, end: str) -> Json:
         rp = p["rp"] or p["key"]["item"].split(".")[0]
         res: Json = {
             "resourceType": "MedicationRequest",
@@ -635,59 +678,45 @@ class _Builder:
             "identifier": [
                 {"system": cs.RP_NUMBER, "value": rp},
                 {"system": cs.ORDER_IN_RP, "value": str(order_in_rp)},
-                *self.instance_id(ks),
+                {"system": cs.RESOURCE_INSTANCE, "value": self.instance_prefix + ks},
             ],
             "status": "active" if end >= self.as_of else "completed",
             "intent": "order",
         }
-        med = self.concept(p["drug"])
-        res["medicationCodeableConcept"] = med or {"text": "不明"}
-        res["subject"] = self.subject()
+        usage_c, unit = p["usage"], p["unit"]
+        key = (
+            _coding_key(p["drug"]),
+            _coding_key(usage_c),
+            _coding_key(p["route"]),
+            p["amount"],
+            _coding_key(unit),
+            p["total_daily"],
+            p["dispense_amount"],
+            _coding_key(p["dispense_unit"]),
+            p["days"],
+        )
+        shared = self.shared
+        if shared is None:
+            parts = _request_parts(*key)
+        else:
+            found: _RequestParts | None = shared.get(key)
+            parts = _share(shared, key, _request_parts(*key)) if found is None else found
+        medication, duration, instruction, dispense = parts
+        res["medicationCodeableConcept"] = medication
+        res["subject"] = {"reference": self.patient_url}
         start_text = p["start"]
         res["authoredOn"] = fhir_datetime(p["ordered_at"]) or fhir_datetime(start_text) or start
-        dosage: Json = {}
         ext = []
         begin = fhir_datetime(start_text) if start_text else None
         if begin:
             ext.append({"url": EXT_PERIOD_OF_USE, "valuePeriod": {"start": begin}})
-        if days is not None:
-            duration = {"value": days, "unit": "日", "system": cs.UCUM, "code": "d"}
+        if duration is not None:
             ext.append({"url": EXT_USAGE_DURATION, "valueDuration": duration})
         if ext:
-            dosage["extension"] = ext
-        usage_c = p["usage"]
-        usage = usage_c["display"] if usage_c is not None else ""
-        if usage:
-            dosage["text"] = usage
-        timing = self.concept(usage_c)
-        if timing is not None:
-            dosage["timing"] = {"code": timing}
-        route = self.route(p["route"])
-        if route is not None:
-            dosage["route"] = route
-        unit = p["unit"]
-        dose = self.quantity(p["amount"], unit)
-        if dose is not None:
-            dose_and_rate: Json = {
-                "type": {"coding": [{"system": cs.STRENGTH_TYPE, "code": "1", "display": "製剤量"}]},
-                "doseQuantity": dose,
-            }
-            daily = self.quantity(p["total_daily"], unit)
-            if daily is not None:
-                dose_and_rate["rateRatio"] = {
-                    "numerator": daily,
-                    "denominator": {"value": 1, "unit": "日", "system": cs.UCUM, "code": "d"},
-                }
-            dosage["doseAndRate"] = [dose_and_rate]
-        if dosage:
-            res["dosageInstruction"] = [dosage]
-        dispense: Json = {}
-        quantity = self.quantity(p["dispense_amount"], p["dispense_unit"])
-        if quantity is not None:
-            dispense["quantity"] = quantity
-        if days is not None:
-            dispense["expectedSupplyDuration"] = {"value": days, "unit": "日", "system": cs.UCUM, "code": "d"}
-        if dispense:
+            res["dosageInstruction"] = [{"extension": ext, **instruction}]
+        elif instruction:
+            res["dosageInstruction"] = [instruction]
+        if dispense is not None:
             res["dispenseRequest"] = dispense
         return res
 
@@ -700,15 +729,15 @@ class _Builder:
             "identifier": [
                 {"system": cs.RP_NUMBER, "value": p["rp"] or group},
                 {"system": cs.ORDER_IN_RP, "value": n or "1"},
-                *self.instance_id(ks),
+                {"system": cs.RESOURCE_INSTANCE, "value": self.instance_prefix + ks},
             ],
             "status": _ADMIN_STATUS.get(p["status"], "unknown"),
             "medicationCodeableConcept": self.concept(p["drug"]) or {"text": "不明"},
-            "subject": self.subject(),
+            "subject": {"reference": self.patient_url},
         }
         res.update(self._effective(p["start"], p["end"], k))
         dosage: Json = {}
-        route = self.route(p["route"])
+        route = self.concept(p["route"])
         if route is not None:
             dosage["route"] = route
         dose = self.quantity(p["amount"], p["unit"])
@@ -781,7 +810,7 @@ class _Builder:
         dosage: Json = {}
         if j["instructions"]:
             dosage["text"] = j["instructions"]
-        route = self.route(j["route"])
+        route = self.concept(j["route"])
         if route is not None:
             dosage["route"] = route
         total = self.quantity(j["total_amount"], j["unit"])
@@ -794,7 +823,7 @@ class _Builder:
             res["status"] = "active" if end >= self.as_of else "completed"
             res["intent"] = "order"
             res["medicationReference"] = {"reference": "#medication"}
-            res["subject"] = self.subject()
+            res["subject"] = {"reference": self.patient_url}
             res["authoredOn"] = fhir_datetime(j["ordered_at"]) or fhir_datetime(j["start"]) or start
             bounds = {
                 name: v
@@ -816,7 +845,7 @@ class _Builder:
         else:
             res["status"] = _ADMIN_STATUS.get(j["status"], "unknown")
             res["medicationReference"] = {"reference": "#medication"}
-            res["subject"] = self.subject()
+            res["subject"] = {"reference": self.patient_url}
             res.update(self._effective(j["start"], j["end"], k))
             if total is not None:
                 dosage["dose"] = total
@@ -847,89 +876,79 @@ class _Builder:
             if spec is not None and (spec["display"] or spec["code"]):
                 # JLAC10 material codes are a segment of JLAC10, not a code system of their own: text only
                 res["type"] = {"text": spec["display"] or spec["code"]}
-            res["subject"] = self.subject()
+            res["subject"] = {"reference": self.patient_url}
             self.specimens[sk] = url
             self.extra.append((url, res))
         return url
 
-    def lab(self, lab: Json, ks: str, day: str) -> None:
+    def lab(self, lab: Json, order: tuple[Any, ...]) -> None:
+        """A lab result; ``order`` is its sort key (day, observation time, record key, key text)."""
+        day, ks = order[0], order[3]
         code = lab["code"]
-        observed_at, value_text, value_type = lab["observed_at"], lab["value"], lab["value_type"]
+        key = (
+            code["system"],
+            code["code"],
+            code["display"],
+            lab["status"],
+            lab["value_type"],
+            lab["value"],
+            lab["unit"],
+            lab["flag"],
+            lab["reference_range"],
+        )
+        shared = self.shared
+        if shared is None:
+            parts = _lab_parts(*key)
+        else:
+            found: _LabParts | None = shared.get(key)
+            parts = _share(shared, key, _lab_parts(*key)) if found is None else found
+        meta, status, category, concept, value, interpretation, reference_range, tail = parts
+        observed_at = lab["observed_at"]
         res: Json = {
             "resourceType": "Observation",
-            "meta": {"profile": [JP_OBSERVATION_LAB]},
-            "identifier": self.instance_id(ks),
-            "status": _OBS_STATUS.get(lab["status"], "unknown"),
-            "category": [{"coding": [{"system": cs.OBSERVATION_CATEGORY, "code": "laboratory"}]}],
-            "code": self.concept(code) or {"text": "不明"},
+            "meta": meta,
+            "identifier": [{"system": cs.RESOURCE_INSTANCE, "value": self.instance_prefix + ks}],
+            "status": status,
+            "category": category,
+            "code": concept,
             "subject": {"reference": self.patient_url},
             "effectiveDateTime": (fhir_datetime(observed_at) if observed_at else None) or day,
         }
-        unit = lab["unit"]
-        numeric = value_type in ("NM", "SN", "")
-        value = _decimal(value_text) if numeric else None
         if value is not None:
-            res["valueQuantity"] = {"value": value, "unit": unit} if unit else {"value": value}
-        elif value_text:
-            bound = _bound(value_text) if numeric else None
-            if bound is not None:  # "<0.5": a quantity with a comparator
-                q: Json = {"value": bound[1], "comparator": bound[0]}
-                if unit:
-                    q["unit"] = unit
-                res["valueQuantity"] = q
-            else:
-                res["valueString"] = value_text
-        flag = lab["flag"]
-        if flag:
-            label = _INTERPRETATION.get(flag)
-            if label is not None:
-                coding = {"system": cs.OBSERVATION_INTERPRETATION, "code": flag, "display": label}
-                res["interpretation"] = [{"coding": [coding]}]
-            else:
-                res["interpretation"] = [{"text": flag}]
+            res[value[0]] = value[1]
+        if interpretation is not None:
+            res["interpretation"] = interpretation
         res["specimen"] = {"reference": self.specimen(lab)}
-        rr_text = lab["reference_range"]
-        if rr_text:
-            rr: Json = {}
-            low, high = _range(rr_text)
-            if low is not None:
-                rr["low"] = {"value": low, "unit": unit} if unit else {"value": low}
-            if high is not None:
-                rr["high"] = {"value": high, "unit": unit} if unit else {"value": high}
-            rr["text"] = rr_text
-            res["referenceRange"] = [rr]
-        line = f"{day} {code['display'] or code['code']} {value_text}"
-        if unit:
-            line += " " + unit
-        if rr_text:
-            line += f" [{rr_text}]"
-        if flag:
-            line += " " + flag
-        self.add("results", (day,), "Observation", lab["key"], ks, res, line)
+        if reference_range is not None:
+            res["referenceRange"] = reference_range
+        self.put("results", (day, order[2], ks), "Observation", ks, res, f"{day} {tail}")
 
     def labs(self, labs: list[Json]) -> None:
-        per_code: dict[tuple[str, str], list[tuple[str, str, str, Json]]] = {}
+        """The most recent results of each test code in the lab window, newest first: observation day,
+        time, then record key (item numbers as numbers)."""
+        per_code: dict[tuple[str, str], list[tuple[tuple[Any, ...], Json]]] = {}
         if labs:
             self.recorded["results"] = len(labs)
         as_of, cut = self.as_of, self.cut_labs
         for lab in labs:
-            observed_at = lab["observed_at"]
-            day = _day(observed_at) or _care_day(lab["key"])
+            observed_at, k = lab["observed_at"], lab["key"]
+            day = _day(observed_at) or _care_day(k)
             if not day or day > as_of or day < cut:
                 continue
             code = lab["code"]
-            group = per_code.setdefault((code["system"], code["code"] or code["display"]), [])
-            group.append((day, observed_at, _key_text(lab["key"]), lab))
+            code_key = (code["system"], code["code"] or code["display"])
+            order = (day, observed_at, _key_order(k), _key_text(k))
+            group = per_code.get(code_key)
+            if group is None:
+                per_code[code_key] = [(order, lab)]
+            else:
+                group.append((order, lab))
         keep_n = self.window.max_labs_per_code
         for group in per_code.values():
-            group.sort(key=_lab_order, reverse=True)
-            for day, _, ks, lab in group if keep_n == 0 else group[:keep_n]:
-                self.lab(lab, ks, day)
-
-
-def _lab_order(x: tuple[str, str, str, Json]) -> tuple[Any, ...]:
-    """Newest first: observation day, time, then record key (item numbers as numbers)."""
-    return (x[0], x[1], _key_order(x[3]["key"]), x[2])
+            if len(group) > 1:
+                group.sort(key=_sort_key, reverse=True)
+            for order, lab in group if keep_n == 0 else group[:keep_n]:
+                self.lab(lab, order)
 
 
 _SECTIONS: tuple[tuple[Section, tuple[str, str], str, str], ...] = (
@@ -942,6 +961,155 @@ _SECTIONS: tuple[tuple[Section, tuple[str, str], str, str], ...] = (
 _RecordId = tuple[str, str, str, str, str]
 #: Record kinds a bundle uses (patient records are skipped: the demographics come from ``patient``).
 _KINDS = ("patient", "condition", "allergy", "prescription", "injection", "lab")
+
+
+_sort_key = itemgetter(0)
+
+
+#: Parts the export's bundles share (:attr:`_Builder.shared`), one table per process; emptied when full.
+_SHARED: dict[tuple[Any, ...], Any] = {}
+_SHARED_MAX = 1 << 13  # about 30 MB of parts at most
+
+
+def _share(shared: dict[tuple[Any, ...], Any], key: tuple[Any, ...], parts: _T) -> _T:
+    """Remember ``parts`` under ``key`` (the table starts again when full: values drift, codes do not)."""
+    if len(shared) >= _SHARED_MAX:
+        shared.clear()
+    shared[key] = parts
+    return parts
+
+
+_LabParts = tuple[
+    Json, str, list[Json], Json, tuple[str, Any] | None, list[Json] | None, list[Json] | None, str
+]
+
+
+_CodingKey = tuple[str, str, str] | None
+_RequestParts = tuple[Json, Json | None, Json, Json | None]
+
+
+def _coding_key(c: Json | None) -> _CodingKey:
+    return None if c is None else (c["system"], c["code"], c["display"])
+
+
+def _coding_of(k: _CodingKey) -> Json | None:
+    return None if k is None else {"system": k[0], "code": k[1], "display": k[2]}
+
+
+def _request_parts(
+    drug: _CodingKey,
+    usage_k: _CodingKey,
+    route_k: _CodingKey,
+    amount: str,
+    unit_k: _CodingKey,
+    total_daily: str,
+    dispense_amount: str,
+    dispense_unit: _CodingKey,
+    days_text: str,
+) -> _RequestParts:
+    """What a MedicationRequest takes from its drug, dose, usage and days, the same for every order with
+    these: the medication, the usage duration, the dosage instruction after its extensions and the
+    dispense request."""
+    concept, quantity = _Builder.concept, _Builder.quantity
+    days = _decimal(days_text) if days_text else None
+    duration = None if days is None else {"value": days, "unit": "日", "system": cs.UCUM, "code": "d"}
+    usage_c, unit = _coding_of(usage_k), _coding_of(unit_k)
+    instruction: Json = {}
+    usage = usage_c["display"] if usage_c is not None else ""
+    if usage:
+        instruction["text"] = usage
+    timing = concept(usage_c)
+    if timing is not None:
+        instruction["timing"] = {"code": timing}
+    route = concept(_coding_of(route_k))
+    if route is not None:
+        instruction["route"] = route
+    dose = quantity(amount, unit)
+    if dose is not None:
+        dose_and_rate: Json = {
+            "type": {"coding": [{"system": cs.STRENGTH_TYPE, "code": "1", "display": "製剤量"}]},
+            "doseQuantity": dose,
+        }
+        daily = quantity(total_daily, unit)
+        if daily is not None:
+            dose_and_rate["rateRatio"] = {
+                "numerator": daily,
+                "denominator": {"value": 1, "unit": "日", "system": cs.UCUM, "code": "d"},
+            }
+        instruction["doseAndRate"] = [dose_and_rate]
+    dispense: Json = {}
+    supply = quantity(dispense_amount, _coding_of(dispense_unit))
+    if supply is not None:
+        dispense["quantity"] = supply
+    if days is not None:
+        dispense["expectedSupplyDuration"] = {"value": days, "unit": "日", "system": cs.UCUM, "code": "d"}
+    return concept(_coding_of(drug)) or {"text": "不明"}, duration, instruction, dispense or None
+
+
+def _lab_parts(
+    system: str,
+    code: str,
+    display: str,
+    status: str,
+    value_type: str,
+    value_text: str,
+    unit: str,
+    flag: str,
+    range_text: str,
+) -> _LabParts:
+    """What a lab result's Observation takes from its code and value, the same for every result with
+    these: meta, status, category, code, value (element name and value), interpretation, reference range
+    and the narrative line after the day."""
+    concept = _Builder.concept({"system": system, "code": code, "display": display}) or {"text": "不明"}
+    numeric = value_type in ("NM", "SN", "")
+    number = _decimal(value_text) if numeric else None
+    value: tuple[str, Any] | None = None
+    if number is not None:
+        value = ("valueQuantity", {"value": number, "unit": unit} if unit else {"value": number})
+    elif value_text:
+        bound = _bound(value_text) if numeric else None
+        if bound is not None:  # "<0.5": a quantity with a comparator
+            q: Json = {"value": bound[1], "comparator": bound[0]}
+            if unit:
+                q["unit"] = unit
+            value = ("valueQuantity", q)
+        else:
+            value = ("valueString", value_text)
+    interpretation: list[Json] | None = None
+    if flag:
+        label = _INTERPRETATION.get(flag)
+        if label is not None:
+            coding = {"system": cs.OBSERVATION_INTERPRETATION, "code": flag, "display": label}
+            interpretation = [{"coding": [coding]}]
+        else:
+            interpretation = [{"text": flag}]
+    reference_range: list[Json] | None = None
+    if range_text:
+        rr: Json = {}
+        low, high = _range(range_text)
+        if low is not None:
+            rr["low"] = {"value": low, "unit": unit} if unit else {"value": low}
+        if high is not None:
+            rr["high"] = {"value": high, "unit": unit} if unit else {"value": high}
+        rr["text"] = range_text
+        reference_range = [rr]
+    tail = f"{display or code} {value_text}"
+    if unit:
+        tail += " " + unit
+    if range_text:
+        tail += f" [{range_text}]"
+    if flag:
+        tail += " " + flag
+    return (
+        {"profile": [JP_OBSERVATION_LAB]},
+        _OBS_STATUS.get(status, "unknown"),
+        [{"coding": [{"system": cs.OBSERVATION_CATEGORY, "code": "laboratory"}]}],
+        concept,
+        value,
+        interpretation,
+        reference_range,
+        tail,
+    )
 
 
 def _record_id(k: Json) -> _RecordId:
@@ -1044,6 +1212,33 @@ def encoded_bundle(
     )
 
 
+def serialized_bundle(
+    patient: Patient,
+    encoded: Iterable[bytes],
+    *,
+    hospital: str,
+    hospital_name: str = "",
+    as_of: date,
+    window: ExportWindow = ExportWindow(),
+    generated_at: datetime,
+) -> tuple[bytes, int]:
+    """:func:`dumps` of :func:`encoded_bundle` (the same bytes) and its number of entries: the export's
+    hot path.  The bundle is serialized at once and never handed out, so the parts that depend only on
+    a code and a value (a lab result's coding, quantity, reference range …) are made once per process and
+    shared between resources and bundles instead of being made again for each."""
+    bundle = _bundle(
+        patient,
+        map(orjson.loads, in_window(encoded, as_of=as_of, window=window)),
+        hospital=hospital,
+        hospital_name=hospital_name,
+        as_of=as_of,
+        window=window,
+        generated_at=generated_at,
+        shared=_SHARED,
+    )
+    return dumps(bundle), len(bundle["entry"])
+
+
 def _bundle(
     patient: Patient,
     records: Iterable[Any],
@@ -1053,12 +1248,13 @@ def _bundle(
     as_of: date,
     window: ExportWindow,
     generated_at: datetime,
+    shared: dict[tuple[Any, ...], Any] | None = None,
 ) -> Json:
     """The bundle of ``records``: decoded encodings (``{"kind": …, "v": 1, "r": {…}}``)."""
     if generated_at.tzinfo is None or generated_at.utcoffset() is None:
         raise ValueError("generated_at must be timezone-aware")
     pid = patient.key.patient_id
-    b = _Builder(hospital, as_of.isoformat(), window, pid)
+    b = _Builder(hospital, as_of.isoformat(), window, pid, shared=shared)
     b.patient_url = "urn:uuid:" + b.uid("Patient", pid)
     b.org_url = "urn:uuid:" + b.uid("Organization", hospital)
 
@@ -1093,7 +1289,7 @@ def _bundle(
     entries: list[Json] = []
     for name, (code, display), title, empty in _SECTIONS:
         # newest first (active problems before resolved ones), then by record key, descending
-        items = sorted(b.sections.get(name, ()), key=lambda i: i.sort, reverse=True)
+        items = sorted(b.sections.get(name, ()), key=_sort_key, reverse=True)
         if not items and name == "results":
             continue
         section: Json = {
@@ -1101,9 +1297,9 @@ def _bundle(
             "code": {"coding": [{"system": cs.LOINC, "code": code, "display": display}]},
         }
         if items:
-            section["text"] = {"status": "generated", "div": _xhtml([i.line for i in items], empty)}
-            section["entry"] = [{"reference": i.full_url} for i in items]
-            entries.extend({"fullUrl": i.full_url, "resource": i.resource} for i in items)
+            section["text"] = {"status": "generated", "div": _xhtml([i[3] for i in items], empty)}
+            section["entry"] = [{"reference": i[1]} for i in items]
+            entries.extend([{"fullUrl": i[1], "resource": i[2]} for i in items])
         else:
             older = b.recorded.get(name, 0) > 0
             note = f"対象期間内の記録はありません（{as_of.isoformat()} 時点）。" if older else empty

@@ -37,9 +37,10 @@ from hakobune.records import (
 )
 from hakobune.synth import generate, read_meta
 from restore.fhir import ExportWindow, NdjsonWriter, dumps, patient_bundle, transaction_bundle
+from restore.fhir import bundle as bundle_module
 from restore.fhir import codesystems as cs
 from restore.fhir import hospital_bundles as hospital_bundles_of
-from restore.fhir.bundle import encoded_bundle, make_id
+from restore.fhir.bundle import encoded_bundle, make_id, serialized_bundle
 from restore.fhir.conformance import Packages, check_bundle, structure_problems
 from tests.conftest import make_message, ssmix_relpath, write_message
 from tests.pipeline import expected_state
@@ -405,23 +406,32 @@ def test_condition_codes_and_status(known: tuple[Patient, list[Record]]) -> None
 PID = "0000000042"
 
 
+@pytest.mark.parametrize("table_size", [bundle_module._SHARED_MAX, 3])
 def test_encoded_bundle_is_the_same_bundle(
     hospital: tuple[date, dict[str, tuple[Patient, list[Record]]]],
+    table_size: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The export's path (records as their encodings, never made into objects) gives the same bytes."""
+    """The export's path (records as their encodings, never made into objects; parts shared between
+    bundles, also when the table of shared parts fills up) gives the same bytes."""
+    monkeypatch.setattr(bundle_module, "_SHARED_MAX", table_size)
+    monkeypatch.setattr(bundle_module, "_SHARED", {})
     as_of, patients = hospital
     for patient, recs in list(patients.values())[:20]:
         for window in (ExportWindow(), ExportWindow(months_labs=120, max_labs_per_code=0)):
-            encoded = encoded_bundle(
-                patient,
-                [encode(r) for r in recs],
-                hospital=HOSPITAL,
-                hospital_name="箱舟総合病院",
-                as_of=as_of,
-                window=window,
-                generated_at=GENERATED,
-            )
-            assert dumps(encoded) == dumps(build(patient, recs, as_of=as_of, window=window))
+            args: dict[str, Any] = {
+                "hospital": HOSPITAL,
+                "hospital_name": "箱舟総合病院",
+                "as_of": as_of,
+                "window": window,
+                "generated_at": GENERATED,
+            }
+            encoded = encoded_bundle(patient, [encode(r) for r in recs], **args)
+            expected = dumps(build(patient, recs, as_of=as_of, window=window))
+            assert dumps(encoded) == expected
+            data, entries = serialized_bundle(patient, [encode(r) for r in recs], **args)
+            assert data == expected and entries == len(encoded["entry"])
+    assert 0 < len(bundle_module._SHARED) <= table_size
 
 
 PATIENT = Patient(

@@ -30,7 +30,8 @@ from hakobune.sealed import ENTRY_SIZE, SHREDDED, read_header, verify
 from hakobune.synth import CONSENT_FILE, SSMIX2_DIR, generate
 from restore.commands.restore import gather_shares, read_passphrases, run_export, run_unlock
 from restore.database import RestoreDB
-from restore.fhir import ExportWindow, patient_bundle
+from restore.export import BundleExporter
+from restore.fhir import ExportWindow, dumps, patient_bundle
 from restore.fhir.bundle import in_window
 from restore.orders import approve, create_order, write_order
 from tests.pipeline import decoded, expected_state
@@ -394,6 +395,31 @@ def test_dropping_out_of_window_labs_before_decoding_changes_no_bundle(world: Wo
                 )
                 assert from_kept == from_all
     assert dropped > 0
+
+
+def test_export_workers_write_the_bytes_of_patient_bundle(world: World, tmp_path: Path) -> None:
+    """Bundles built in worker processes (records unpacked there, parts shared between bundles) are, byte
+    for byte and in patient order, those of patient_bundle, in the NDJSON file and in the files."""
+    generated, as_of = datetime(2025, 4, 7, 9, 0, tzinfo=UTC), date(2025, 4, 6)
+    with RestoreDB.open(_full_restore(world, tmp_path)) as db:
+        rows = list(db.patients())
+        with BundleExporter(
+            hospital=HOSPITAL,
+            folder=tmp_path / "fhir",
+            ndjson=tmp_path / "all.ndjson",
+            as_of=as_of,
+            workers=2,
+            generated_at=generated,
+        ) as exporter:
+            for patient_id, records in db.stored():
+                exporter.write_stored(patient_id, records)
+    expected = [
+        dumps(patient_bundle(r.patient, r.records, hospital=HOSPITAL, as_of=as_of, generated_at=generated))
+        for r in rows
+    ]
+    assert exporter.report.bundles == len(rows) > 0
+    assert (tmp_path / "all.ndjson").read_bytes().splitlines() == expected
+    assert [(tmp_path / "fhir" / f"{r.patient_id}.json").read_bytes() for r in rows] == expected
 
 
 def test_the_passphrase_file_must_be_private_and_well_formed(tmp_path: Path) -> None:
