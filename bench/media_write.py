@@ -7,8 +7,10 @@ missing) and measures, each with peak RSS (1, 2: this process's high-water mark;
 
 1. the disk writer over already-built bundles (the release's NDJSON, cached, read straight into the
    writer's segment buffers): cut, seal, hash, write, fsync, manifest, against ``cp`` of the same file
-   plus ``sync`` of the copy, with the CPU time of each of the writer's threads; then once more fed
-   bundle by bundle, as ``media write`` does;
+   plus ``sync`` of the copy, with the CPU time of each of the writer's threads; then fed bundle by
+   bundle, as ``media write`` feeds it (``DiskWriter.add`` of each bundle as restore.export hands it
+   over, the bundles split into objects before the clock starts), (1b) without and (1c) with the
+   offline viewer (``media write`` writes it unless ``--no-viewer``), each against the same ``cp``;
 2. ``media verify`` of that disk (signature, every file's SHA-256) against the same ``cp``;
 3. the whole ``media write`` path: bundles built from the restore database (process pool), the disk
    writer and the offline viewer.
@@ -22,6 +24,7 @@ Target (issue 5): 1 and 2 at least 80 % of ``cp``, memory bounded.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import resource
 import shutil
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -155,30 +159,85 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-def write_plain(ndjson: Path, out: Path, key: SigningKey, *, one_by_one: bool = False) -> Run:
+#: Where a bundle of restore.fhir names its patient: the Patient's identifier (its ``value`` follows).
+_PATIENT_ID_SYSTEM = b'"urn:oid:1.2.392.100495.20.3.51.'
+
+
+def bundles_in_memory(ndjson: Path) -> list[tuple[str, bytes]]:
+    """The release's bundles as restore.export hands them to ``media write``'s sink: (patient ID, bundle
+    bytes), each its own bytes object.  Made before the clock starts: splitting the file is the bench's
+    work, not the writer's (restore.export's comes out of its process pool as such objects)."""
+    out: list[tuple[str, bytes]] = []
+    with open(ndjson, "rb") as f:
+        for line in f:
+            bundle = line[:-1] if line.endswith(b"\n") else line
+            at = bundle.find(b'"value":"', bundle.find(_PATIENT_ID_SYSTEM)) + 9
+            out.append((bundle[at : bundle.index(b'"', at)].decode("ascii"), bundle))
+    return out
+
+
+def write_plain(
+    ndjson: Path,
+    out: Path,
+    key: SigningKey,
+    *,
+    bundles: list[tuple[str, bytes]] | None = None,
+    viewer: bool = False,
+) -> Run:
     """(1): the writer fed the already-built bundles, read from the file straight into its segment
-    buffers (``add_ndjson_file``), or one by one (``add``)."""
+    buffers (``add_ndjson_file``), or given ``bundles``, one by one (``add``, as ``media write`` does;
+    ``viewer``: with the offline viewer, which ``media write`` writes unless ``--no-viewer``)."""
     disk_key = new_disk_key()
     info = disk_info(disk_key)  # PBKDF2 and HPKE are not part of the stream being measured
     t0, c0, m0 = time.perf_counter(), cpu_seconds(), time.thread_time()
-    disk = DiskWriter(out, info, disk_key)
-    with open(ndjson, "rb", buffering=0) as f:
-        if one_by_one:  # as restore.export hands them over (find is memchr: cheaper than split)
-            rest = b""
-            while block := f.read(8 << 20):
-                start = 0
-                while (end := block.find(b"\n", start)) >= 0:
-                    disk.add("", rest + block[start:end] if rest else block[start:end])
-                    rest, start = b"", end + 1
-                rest += block[start:]
-            if rest:
-                disk.add("", rest)
-        else:
+    disk = DiskWriter(out, info, disk_key, viewer=viewer_factory(info, disk_key) if viewer else None)
+    if bundles is not None:
+        add = disk.add
+        for patient_id, bundle in bundles:
+            add(patient_id, bundle)
+    else:
+        with open(ndjson, "rb", buffering=0) as f:
             disk.add_ndjson_file(f)
     threads = {"caller": time.thread_time() - m0, **thread_cpu()}  # (before finish ends the threads)
     result = disk.finish(key)
     s = time.perf_counter() - t0
     return Run(s, result.plaintext_bytes, result.disk_bytes, cpu_seconds() - c0, threads)
+
+
+def bundle_by_bundle(ndjson: Path, scratch: Path, key: SigningKey, cp_rate: float, patients: int) -> None:
+    """(1b) and (1c): the bundle-by-bundle feed of ``media write``, without and with the viewer, each
+    right after a ``cp`` (the same load) and against the best ``cp``."""
+    bundles = bundles_in_memory(ndjson)
+    caller: dict[bool, float] = {}
+    for label, viewer in (
+        ("(1b) bundle by bundle (DiskWriter.add), no viewer", False),
+        ("(1c) bundle by bundle with the offline viewer", True),
+    ):
+        cp_now = ndjson.stat().st_size / cp_seconds(ndjson, scratch / "cp.copy")[0]
+        run = write_plain(ndjson, scratch / "disk-bundles", key, bundles=bundles, viewer=viewer)
+        shutil.rmtree(scratch / "disk-bundles")
+        rate = run.plain / run.seconds
+        caller[viewer] = run.threads["caller"]
+        print(
+            f"{label}: {run.plain / 1e6:,.0f} MB in {run.seconds:.2f} s, {rate / 1e6:,.0f} MB/s = "
+            f"{rate / cp_rate:.0%} of cp ({rate / cp_now:.0%} of the cp just before); CPU {run.cpu:.2f} s "
+            f"({run.per_thread()}); caller {run.threads['caller'] / patients * 1e6:.1f} µs a bundle "
+            f"(load {load()})"
+        )
+    del bundles
+    release_freed_memory()
+    viewer_share = caller[True] - caller[False]
+    print(
+        f"     the viewer's share of the caller's CPU: {viewer_share:.2f} s, "
+        f"{viewer_share / patients * 1e6:.0f} µs a bundle (parse, summary, index row, chunks)"
+    )
+
+
+def release_freed_memory() -> None:
+    """Give freed memory back to the system (glibc keeps what the bundles' objects held), so that the
+    peak RSS measured next is that step's own."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def load() -> str:
@@ -236,12 +295,7 @@ def main() -> None:
         f"CPU {best.cpu:.2f} s ({best.cpu / plain * 1e9:.2f} ms/MB, all "
         f"threads, feed included; before finish: {best.per_thread()}); peak RSS {mb(rss1.peak)}"
     )
-    one = write_plain(ndjson, scratch / "disk-one-by-one", key, one_by_one=True)
-    shutil.rmtree(scratch / "disk-one-by-one")
-    print(
-        f"(1b) the same, bundle by bundle (DiskWriter.add): {one.plain / one.seconds / 1e6:,.0f} MB/s = "
-        f"{one.plain / one.seconds / cp_rate:.0%} of cp; CPU {one.cpu:.2f} s (one run, load {load()})"
-    )
+    bundle_by_bundle(ndjson, scratch, key, cp_rate, args.patients)
     disk = scratch / f"disk-{args.runs - 1}"
     anchor = TrustAnchor.of_key(key.public)
     times: list[float] = []

@@ -440,6 +440,22 @@ def test_summary_marks_missing_sections_and_keeps_comparators() -> None:
 
 
 @pytest.mark.parametrize(
+    "text", ["6.70", "6.7", "225", "-0.0", "100.0", "1e-5", "0.00001", "1E2", "1e+16", "1.5e16", "0.1"]
+)
+def test_summary_shows_numbers_as_written_however_the_bundle_is_laid_out(text: str) -> None:
+    """orjson reads most bundles, the json module (decimals) the rest: the summary is the same."""
+    doc = orjson.loads(bundle_bytes(patient(), full_records()))
+    obs = next(e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Observation")
+    obs["valueQuantity"]["value"] = orjson.Fragment(text.encode())
+    compact = orjson.dumps(doc)
+    spaced = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+    s = summarize(parse_bundle(compact))
+    assert s == summarize(parse_bundle(spaced))
+    values = [r["value"] for lab in s["labs"] for r in lab["results"]]
+    assert str(Decimal(text)) in values
+
+
+@pytest.mark.parametrize(
     ("data", "reason"),
     [
         (b"\xff\xfe not json", "not JSON"),
