@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sqlite3
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,9 +31,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy import bindparam, delete, insert, select, update
-
-from agent.state import Consent, ConsentEvent, StateDB, to_iso, utc_now
+from agent.state import StateDB, to_iso, utc_now
 from hakobune.errors import InputError
 
 HEADER = ("patient_id", "scope")
@@ -155,49 +154,30 @@ class ConsentRegistry:
         source = f"csv:{path.name}"
         now = self._now()
         added = changed = 0
-        with self._db.session() as s:
+        with self._db.transaction() as conn:
             current = {
-                pid: Scope(scope) for pid, scope in s.execute(select(Consent.patient_id, Consent.scope))
+                pid: Scope(scope) for pid, scope in conn.execute("SELECT patient_id, scope FROM consent")
             }
-            new_rows: list[dict[str, str]] = []
-            changed_rows: list[dict[str, str]] = []
-            events: list[dict[str, str | None]] = []
+            new_rows: list[tuple[str, str, str, str]] = []
+            changed_rows: list[tuple[str, str, str, str]] = []
+            events: list[_Event] = []
             for pid, scope in wanted.items():
                 old = current.get(pid)
                 if old == scope:
                     continue
-                row = {"patient_id": pid, "scope": scope.value, "updated_at": now, "source": source}
                 if old is None:
-                    new_rows.append(row)
+                    new_rows.append((pid, scope.value, now, source))
                     added += 1
                 else:
-                    changed_rows.append(row)
+                    changed_rows.append((scope.value, now, source, pid))
                     changed += 1
                 events.append(_event(pid, old, scope, now, source))
-            # Core executemany on the session's connection: the ORM bulk path costs ~5x more per row,
-            # and an import of a whole hospital's opt-out list can be hundreds of thousands of rows.
-            conn = s.connection()
-            if new_rows:
-                conn.execute(insert(Consent), new_rows)
-            if changed_rows:
-                conn.execute(
-                    update(Consent)
-                    .where(Consent.patient_id == bindparam("pid"))
-                    .values(
-                        scope=bindparam("new_scope"), updated_at=bindparam("at"), source=bindparam("src")
-                    ),
-                    [
-                        {
-                            "pid": r["patient_id"],
-                            "new_scope": r["scope"],
-                            "at": r["updated_at"],
-                            "src": r["source"],
-                        }
-                        for r in changed_rows
-                    ],
-                )
-            if events:
-                conn.execute(insert(ConsentEvent), events)
+            # An import of a whole hospital's opt-out list can be hundreds of thousands of rows.
+            conn.executemany(_INSERT_CONSENT, new_rows)
+            conn.executemany(
+                "UPDATE consent SET scope = ?, updated_at = ?, source = ? WHERE patient_id = ?", changed_rows
+            )
+            conn.executemany(_INSERT_EVENT, events)
         return ImportResult(
             file=str(path), rows=rows, added=added, changed=changed, unchanged=len(wanted) - added - changed
         )
@@ -210,50 +190,51 @@ class ConsentRegistry:
         pid = _checked_id(patient_id)
         new = scope if isinstance(scope, Scope) else _checked_scope(scope)
         now = self._now()
-        with self._db.session() as s:
-            row = s.get(Consent, pid)
-            old = Scope(row.scope) if row is not None else None
+        with self._db.transaction() as conn:
+            old = _scope_of(conn, pid)
             if old == new:
                 return old
-            if row is None:
-                s.add(Consent(patient_id=pid, scope=new.value, updated_at=now, source=source))
+            if old is None:
+                conn.execute(_INSERT_CONSENT, (pid, new.value, now, source))
             else:
-                row.scope, row.updated_at, row.source = new.value, now, source
-            s.execute(insert(ConsentEvent), [_event(pid, old, new, now, source)])
+                conn.execute(
+                    "UPDATE consent SET scope = ?, updated_at = ?, source = ? WHERE patient_id = ?",
+                    (new.value, now, source, pid),
+                )
+            conn.execute(_INSERT_EVENT, _event(pid, old, new, now, source))
         return old
 
     def remove(self, patient_id: str, source: str = "cli") -> Scope | None:
         """The patient withdraws the opt-out.  Returns the scope that was removed, None if there was none."""
         pid = _checked_id(patient_id)
         now = self._now()
-        with self._db.session() as s:
-            row = s.get(Consent, pid)
-            if row is None:
+        with self._db.transaction() as conn:
+            old = _scope_of(conn, pid)
+            if old is None:
                 return None
-            old = Scope(row.scope)
-            s.execute(delete(Consent).where(Consent.patient_id == pid))
-            s.execute(insert(ConsentEvent), [_event(pid, old, None, now, source)])
+            conn.execute("DELETE FROM consent WHERE patient_id = ?", (pid,))
+            conn.execute(_INSERT_EVENT, _event(pid, old, None, now, source))
         return old
 
     # --- queries --------------------------------------------------------------------------------------
 
     def get(self, patient_id: str) -> Scope | None:
         """The patient's current opt-out scope, None if none."""
-        pid = normalize_patient_id(patient_id)
-        with self._db.session() as s:
-            scope = s.scalars(select(Consent.scope).where(Consent.patient_id == pid)).one_or_none()
-        return Scope(scope) if scope is not None else None
+        with self._db.connection() as conn:
+            return _scope_of(conn, normalize_patient_id(patient_id))
 
     def all(self) -> dict[str, Scope]:
         """Every opt-out, patient ID → scope."""
-        with self._db.session() as s:
-            return {pid: Scope(scope) for pid, scope in s.execute(select(Consent.patient_id, Consent.scope))}
+        with self._db.connection() as conn:
+            return {pid: Scope(scope) for pid, scope in conn.execute("SELECT patient_id, scope FROM consent")}
 
     def entries(self) -> list[ConsentEntry]:
         """Every opt-out with when and where it was last set, ordered by patient ID."""
-        with self._db.session() as s:
-            rows = s.scalars(select(Consent).order_by(Consent.patient_id)).all()
-            return [ConsentEntry(r.patient_id, Scope(r.scope), r.updated_at, r.source) for r in rows]
+        with self._db.connection() as conn:
+            rows = conn.execute(
+                "SELECT patient_id, scope, updated_at, source FROM consent ORDER BY patient_id"
+            )
+            return [ConsentEntry(pid, Scope(scope), at, source) for pid, scope, at, source in rows]
 
     def counts(self) -> dict[Scope, int]:
         """Number of patients per scope (every scope present, zero included)."""
@@ -272,21 +253,24 @@ class ConsentRegistry:
 
     def snapshot(self) -> ConsentSnapshot:
         """An immutable in-memory view of the registry as of now."""
-        by_scope: dict[Scope, list[str]] = {Scope.ALL: [], Scope.RESEARCH: []}
-        for pid, scope in self.all().items():
-            by_scope[scope].append(pid)
-        return ConsentSnapshot(frozenset(by_scope[Scope.ALL]), frozenset(by_scope[Scope.RESEARCH]))
+        by_scope: dict[str, list[str]] = {Scope.ALL.value: [], Scope.RESEARCH.value: []}
+        with self._db.connection() as conn:
+            for pid, scope in conn.execute("SELECT patient_id, scope FROM consent"):
+                by_scope[scope].append(pid)
+        return ConsentSnapshot(
+            frozenset(by_scope[Scope.ALL.value]), frozenset(by_scope[Scope.RESEARCH.value])
+        )
 
     def history(self, patient_id: str) -> list[ConsentChange]:
         """Every recorded change for the patient, oldest first."""
         pid = normalize_patient_id(patient_id)
-        with self._db.session() as s:
-            events = s.scalars(
-                select(ConsentEvent).where(ConsentEvent.patient_id == pid).order_by(ConsentEvent.id)
-            ).all()
+        with self._db.connection() as conn:
+            rows = conn.execute(
+                "SELECT at, old_scope, new_scope, source FROM consent_event WHERE patient_id = ? ORDER BY id",
+                (pid,),
+            )
             return [
-                ConsentChange(e.at, _scope_or_none(e.old_scope), _scope_or_none(e.new_scope), e.source)
-                for e in events
+                ConsentChange(at, _scope_or_none(old), _scope_or_none(new), src) for at, old, new, src in rows
             ]
 
 
@@ -424,11 +408,18 @@ def _scope_or_none(value: str | None) -> Scope | None:
     return Scope(value) if value is not None else None
 
 
-def _event(pid: str, old: Scope | None, new: Scope | None, at: str, source: str) -> dict[str, str | None]:
-    return {
-        "patient_id": pid,
-        "old_scope": old.value if old is not None else None,
-        "new_scope": new.value if new is not None else None,
-        "at": at,
-        "source": source,
-    }
+_INSERT_CONSENT = "INSERT INTO consent (patient_id, scope, updated_at, source) VALUES (?, ?, ?, ?)"
+_INSERT_EVENT = (
+    "INSERT INTO consent_event (patient_id, old_scope, new_scope, at, source) VALUES (?, ?, ?, ?, ?)"
+)
+#: A ``consent_event`` row as :data:`_INSERT_EVENT` takes it.
+_Event = tuple[str, str | None, str | None, str, str]
+
+
+def _scope_of(conn: sqlite3.Connection, pid: str) -> Scope | None:
+    row = conn.execute("SELECT scope FROM consent WHERE patient_id = ?", (pid,)).fetchone()
+    return Scope(row[0]) if row is not None else None
+
+
+def _event(pid: str, old: Scope | None, new: Scope | None, at: str, source: str) -> _Event:
+    return (pid, old.value if old is not None else None, new.value if new is not None else None, at, source)

@@ -37,18 +37,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from sqlalchemy import CheckConstraint
-from sqlalchemy.orm import Mapped, Session, mapped_column
-
 from agent.ssmix2.journal import JournalError, JournalPosition, JournalReader, journal_end, journal_files
-from agent.state import Base, StateDB, utc_now
+from agent.state import StateDB, utc_now
 from hakobune.errors import HakobuneError, InputError
 
 Mode = Literal["auto", "journal", "walk", "verify"]
@@ -76,63 +72,55 @@ _NO_PENDING = (
 
 
 # ------------------------------------------------------------------------------------------------ tables
-class IndexedFile(Base):
-    """One file of the SS-MIX2 tree as of the last committed scan."""
-
-    __tablename__ = "file_index"
-    __table_args__ = ({"sqlite_with_rowid": False},)
-
-    #: Path relative to the SS-MIX2 root: ``PID[0:3]/PID[3:6]/PID/date/type/name``.
-    relpath: Mapped[str] = mapped_column(primary_key=True)
-    size: Mapped[int]
-    mtime_ns: Mapped[int]
-
-
-class PendingChange(Base):
-    """A change found by the last scan and not yet committed (replaced by every scan)."""
-
-    __tablename__ = "pending_change"
-    __table_args__ = (
-        CheckConstraint("change IN ('added', 'removed', 'rewritten')", name="known_change"),
-        {"sqlite_with_rowid": False},
-    )
-
-    leaf_dir: Mapped[str] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(primary_key=True)
-    change: Mapped[str]
-    #: The file's stat now (added, rewritten) or as indexed (removed).
-    size: Mapped[int | None]
-    mtime_ns: Mapped[int | None]
-
-
-class ScanState(Base):
-    """A single row: journal positions, walk times and the state of the pending scan."""
-
-    __tablename__ = "scan_state"
-    __table_args__ = (
-        CheckConstraint("id = 1", name="single_row"),
-        CheckConstraint("pending_status IN ('none', 'scanning', 'ready')", name="known_status"),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    #: Files in ``file_index`` (kept by :meth:`FileIndex.commit`).
-    files: Mapped[int] = mapped_column(default=0)
-    #: End of the last committed journal read ("" file: before every journal file; NULL: none yet).
-    journal_file: Mapped[str | None]
-    journal_offset: Mapped[int | None]
-    #: Where the next journal read starts: one read behind ``journal_*``, so every journal line is
-    #: looked at by two scans (a gateway that logs a rename just before doing it is still caught).
-    reread_file: Mapped[str | None]
-    reread_offset: Mapped[int | None]
-    last_walk_at: Mapped[str | None]
-    last_verify_at: Mapped[str | None]
-    last_commit_at: Mapped[str | None]
-    pending_status: Mapped[str] = mapped_column(default="none")
-    pending_token: Mapped[str | None]
-    pending_mode: Mapped[str | None]
-    pending_started_at: Mapped[str | None]
-    pending_journal_file: Mapped[str | None]
-    pending_journal_offset: Mapped[int | None]
+SCHEMA = (
+    # One file of the SS-MIX2 tree as of the last committed scan.  ``relpath``: relative to the SS-MIX2
+    # root, ``PID[0:3]/PID[3:6]/PID/date/type/name``.
+    """
+    CREATE TABLE IF NOT EXISTS file_index (
+        relpath VARCHAR NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        PRIMARY KEY (relpath)
+    ) WITHOUT ROWID""",
+    # A change found by the last scan and not yet committed (replaced by every scan).  ``size`` and
+    # ``mtime_ns``: the file's stat now (added, rewritten) or as indexed (removed).
+    """
+    CREATE TABLE IF NOT EXISTS pending_change (
+        leaf_dir VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        change VARCHAR NOT NULL,
+        size INTEGER,
+        mtime_ns INTEGER,
+        PRIMARY KEY (leaf_dir, name),
+        CONSTRAINT known_change CHECK (change IN ('added', 'removed', 'rewritten'))
+    ) WITHOUT ROWID""",
+    # A single row: journal positions, walk times and the state of the pending scan.  ``files``: rows in
+    # ``file_index`` (kept by :meth:`FileIndex.commit`).  ``journal_*``: end of the last committed journal
+    # read ("" file: before every journal file; NULL: none yet).  ``reread_*``: where the next journal read
+    # starts, one read behind ``journal_*``, so every journal line is looked at by two scans (a gateway
+    # that logs a rename just before doing it is still caught).
+    """
+    CREATE TABLE IF NOT EXISTS scan_state (
+        id INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        journal_file VARCHAR,
+        journal_offset INTEGER,
+        reread_file VARCHAR,
+        reread_offset INTEGER,
+        last_walk_at VARCHAR,
+        last_verify_at VARCHAR,
+        last_commit_at VARCHAR,
+        pending_status VARCHAR NOT NULL,
+        pending_token VARCHAR,
+        pending_mode VARCHAR,
+        pending_started_at VARCHAR,
+        pending_journal_file VARCHAR,
+        pending_journal_offset INTEGER,
+        PRIMARY KEY (id),
+        CONSTRAINT single_row CHECK (id = 1),
+        CONSTRAINT known_status CHECK (pending_status IN ('none', 'scanning', 'ready'))
+    )""",
+)
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -361,7 +349,7 @@ class FileIndex:
             except JournalError as e:
                 problem = str(e)
             if reader is not None and rf is not None:
-                # Start one read earlier (see ScanState.reread_file); if that older file is gone, the
+                # Start one read earlier (see scan_state.reread_file); if that older file is gone, the
                 # lines after the last read are still all there.
                 with contextlib.suppress(JournalError):
                     reader = JournalReader(journal_dir, JournalPosition(rf, ro or 0))
@@ -507,33 +495,32 @@ class FileIndex:
             if leaf is not None:
                 yield DirChange(leaf, tuple(added), tuple(removed), tuple(rewritten))
 
-    def commit(self, session: Session) -> None:
+    def commit(self, conn: sqlite3.Connection) -> None:
         """Apply the pending changes to the index and advance the journal position, inside the caller's
-        transaction (commit it together with what was sealed)."""
-        conn = session.connection()
-        row = conn.exec_driver_sql(
+        transaction on ``conn`` (commit it together with what was sealed)."""
+        row = conn.execute(
             "SELECT pending_status, pending_mode, pending_started_at, pending_journal_file,"
             " pending_journal_offset, journal_file, journal_offset, reread_file, reread_offset"
             " FROM scan_state WHERE id = 1"
-        ).one()
+        ).fetchone()
         status, pmode, started_at, pjf, pjo, jf, jo, rf, ro = row
         if status != "ready":
             raise ScanError(
                 f"{self._db.path}: nothing to commit: no completed scan is pending (status {status})"
             )
-        added = conn.exec_driver_sql(
+        added = conn.execute(
             "INSERT OR IGNORE INTO file_index (relpath, size, mtime_ns)"
             " SELECT leaf_dir || '/' || name, size, mtime_ns FROM pending_change WHERE change = 'added'"
         ).rowcount
-        conn.exec_driver_sql(
+        conn.execute(
             "INSERT OR REPLACE INTO file_index (relpath, size, mtime_ns)"
             " SELECT leaf_dir || '/' || name, size, mtime_ns FROM pending_change WHERE change = 'rewritten'"
         )
-        removed = conn.exec_driver_sql(
+        removed = conn.execute(
             "DELETE FROM file_index WHERE relpath IN"
             " (SELECT leaf_dir || '/' || name FROM pending_change WHERE change = 'removed')"
         ).rowcount
-        conn.exec_driver_sql("DELETE FROM pending_change")
+        conn.execute("DELETE FROM pending_change")
         if pmode == "journal":  # the next read starts where this one found new lines (read twice)
             positions = (pjf, pjo, jf, jo)
         elif pjf is not None:  # a walk covers the journal up to where it started
@@ -541,7 +528,7 @@ class FileIndex:
         else:  # a walk without a journal leaves the positions (re-reading is harmless)
             positions = (jf, jo, rf, ro)
         walked = pmode in ("walk", "verify")
-        conn.exec_driver_sql(
+        conn.execute(
             "UPDATE scan_state SET files = files + ? - ?, journal_file = ?, journal_offset = ?,"
             " reread_file = ?, reread_offset = ?,"
             " last_walk_at = CASE WHEN ? THEN ? ELSE last_walk_at END,"
@@ -571,14 +558,9 @@ class FileIndex:
                 w.execute("ROLLBACK")
                 raise
 
-    @contextmanager
-    def _raw(self) -> Iterator[sqlite3.Connection]:
-        """A pooled DBAPI connection (autocommit: transactions are explicit) for bulk reads and writes."""
-        proxy = self._db.engine.raw_connection()
-        try:
-            yield cast(sqlite3.Connection, proxy.driver_connection)
-        finally:
-            proxy.close()
+    def _raw(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A connection of its own (autocommit: transactions are explicit) for bulk reads and writes."""
+        return self._db.connection()
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -1,5 +1,5 @@
-"""What the agent has sealed and sent, kept in the state database (tables declared here, see
-:data:`agent.state.TABLE_MODULES`).
+"""What the agent has sealed and sent, kept in the state database (tables declared here in :data:`SCHEMA`,
+see :data:`agent.state.TABLE_MODULES`).
 
 * ``stream_state``: per stream, the last sealed sequence and its hash (the chain head), the current epoch
   (its key stays here so new patient keys can be wrapped; the agent holds the clear data anyway), and the
@@ -10,124 +10,234 @@
   came from and each record's content hash: the diff compares against this, never against old files.
 * ``outbox``: sealed changesets waiting for (or holding) the center's signed receipt.
 * ``quarantine``: files currently refused, with their reason (reported by ``agent status`` and the drill).
+* ``excluded_patient``: patients whose data was kept back by an opt-out: if the opt-out is withdrawn, their
+  whole folder is read again.
 * ``hold``: a day held back by the attack guard until an operator confirms.
 * ``research_birth``: each patient's full birth date as last read, for the ages in the research stream
   (only the year-month leaves the hospital).
 
 Every table except ``quarantine``, ``hold`` and ``research_birth`` has a ``stream`` column: the clinical
 and research streams keep separate chains, keys and ledgers.
+
+The rows the code handles whole have a typed record here (:class:`StreamState`, :class:`OutboxItem`,
+:class:`Hold`, :class:`PatientKey`); the rest are read and written with plain SQL where they are used.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Index, LargeBinary
-from sqlalchemy.orm import Mapped, mapped_column
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import astuple, dataclass, fields
+from typing import Any, NamedTuple
 
-from agent.state import Base
+SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS stream_state (
+        stream VARCHAR NOT NULL,
+        last_sequence INTEGER NOT NULL,
+        last_hash VARCHAR NOT NULL,
+        epoch_id BLOB,
+        epoch_key BLOB,
+        epoch_sealed BLOB,
+        epoch_recipient VARCHAR,
+        baseline_sequence INTEGER NOT NULL,
+        baseline_at VARCHAR,
+        acked_sequence INTEGER NOT NULL,
+        PRIMARY KEY (stream)
+    )""",
+    """
+    CREATE TABLE IF NOT EXISTS patient_key (
+        stream VARCHAR NOT NULL,
+        patient_id VARCHAR NOT NULL,
+        token BLOB NOT NULL,
+        kid BLOB NOT NULL,
+        "key" BLOB NOT NULL,
+        created_at VARCHAR NOT NULL,
+        PRIMARY KEY (stream, patient_id)
+    )""",
+    # ``unit``: ``patient/care date/data type/order no``; ``source``: the file name whose records were sent
+    # last; ``hashes``: orjson ``{item: content hash}``.
+    """
+    CREATE TABLE IF NOT EXISTS sent_unit (
+        stream VARCHAR NOT NULL,
+        unit VARCHAR NOT NULL,
+        patient_id VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,
+        hashes BLOB NOT NULL,
+        sequence INTEGER NOT NULL,
+        PRIMARY KEY (stream, unit)
+    )""",
+    "CREATE INDEX IF NOT EXISTS ix_sent_unit_patient ON sent_unit (stream, patient_id)",
+    """
+    CREATE TABLE IF NOT EXISTS outbox (
+        stream VARCHAR NOT NULL,
+        sequence INTEGER NOT NULL,
+        name VARCHAR NOT NULL,
+        header_hash VARCHAR NOT NULL,
+        size INTEGER NOT NULL,
+        kind VARCHAR NOT NULL,
+        created_at VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error VARCHAR,
+        receipt BLOB,
+        acked_at VARCHAR,
+        patients INTEGER NOT NULL,
+        puts INTEGER NOT NULL,
+        dels INTEGER NOT NULL,
+        tombstones INTEGER NOT NULL,
+        PRIMARY KEY (stream, sequence)
+    )""",
+    """
+    CREATE TABLE IF NOT EXISTS quarantine (
+        relpath VARCHAR NOT NULL,
+        reason VARCHAR NOT NULL,
+        first_seen VARCHAR NOT NULL,
+        last_seen VARCHAR NOT NULL,
+        PRIMARY KEY (relpath)
+    )""",
+    """
+    CREATE TABLE IF NOT EXISTS excluded_patient (
+        stream VARCHAR NOT NULL,
+        patient_id VARCHAR NOT NULL,
+        PRIMARY KEY (stream, patient_id)
+    )""",
+    # ``confirmed_at`` set by an operator lets the next sync ship the day.
+    """
+    CREATE TABLE IF NOT EXISTS hold (
+        id INTEGER NOT NULL,
+        at VARCHAR NOT NULL,
+        reason VARCHAR NOT NULL,
+        figures BLOB NOT NULL,
+        confirmed_at VARCHAR,
+        confirmed_by VARCHAR,
+        released_sequence INTEGER,
+        PRIMARY KEY (id)
+    )""",
+    # A patient's full birth date as the newest patient record read gave it: research records carry the age
+    # at each event, and most changed files do not hold the birth date themselves.
+    """
+    CREATE TABLE IF NOT EXISTS research_birth (
+        patient_id VARCHAR NOT NULL,
+        birth_date VARCHAR NOT NULL,
+        PRIMARY KEY (patient_id)
+    )""",
+)
 
 
-class StreamState(Base):
-    __tablename__ = "stream_state"
+@dataclass(slots=True)
+class StreamState:
+    """A stream's ``stream_state`` row: its chain head, epoch and baseline."""
 
-    stream: Mapped[str] = mapped_column(primary_key=True)
-    last_sequence: Mapped[int] = mapped_column(default=0)
-    last_hash: Mapped[str]
-    epoch_id: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
-    epoch_key: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
-    epoch_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    stream: str
+    last_sequence: int
+    last_hash: str
+    epoch_id: bytes | None = None
+    epoch_key: bytes | None = None
+    epoch_sealed: bytes | None = None
     #: The recipient fingerprint the epoch key is sealed to: a new release key starts a new epoch.
-    epoch_recipient: Mapped[str | None] = mapped_column(default=None)
-    baseline_sequence: Mapped[int] = mapped_column(default=0)
-    baseline_at: Mapped[str | None] = mapped_column(default=None)
-    acked_sequence: Mapped[int] = mapped_column(default=0)
+    epoch_recipient: str | None = None
+    baseline_sequence: int = 0
+    baseline_at: str | None = None
+    acked_sequence: int = 0
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection, stream: str) -> StreamState | None:
+        row = conn.execute(
+            f"SELECT {_STREAM_COLUMNS} FROM stream_state WHERE stream = ?", (stream,)
+        ).fetchone()
+        return cls(*row) if row is not None else None
+
+    @classmethod
+    def all(cls, conn: sqlite3.Connection) -> list[StreamState]:
+        return [
+            cls(*row) for row in conn.execute(f"SELECT {_STREAM_COLUMNS} FROM stream_state ORDER BY stream")
+        ]
+
+    def save(self, conn: sqlite3.Connection) -> None:
+        """Insert or update this row."""
+        conn.execute(_STREAM_UPSERT, astuple(self))
 
 
-class PatientKey(Base):
-    __tablename__ = "patient_key"
-
-    stream: Mapped[str] = mapped_column(primary_key=True)
-    patient_id: Mapped[str] = mapped_column(primary_key=True)
-    token: Mapped[bytes] = mapped_column(LargeBinary)
-    kid: Mapped[bytes] = mapped_column(LargeBinary)
-    key: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[str]
+_STREAM_NAMES = [f.name for f in fields(StreamState)]
+_STREAM_COLUMNS = ", ".join(_STREAM_NAMES)
+_STREAM_UPSERT = (
+    f"INSERT INTO stream_state ({_STREAM_COLUMNS}) VALUES ({', '.join('?' * len(_STREAM_NAMES))})"
+    f" ON CONFLICT (stream) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in _STREAM_NAMES[1:])}"
+)
 
 
-class SentUnit(Base):
-    __tablename__ = "sent_unit"
-    __table_args__ = (Index("ix_sent_unit_patient", "stream", "patient_id"),)
+class PatientKey(NamedTuple):
+    """A patient's token and data key in a stream."""
 
-    stream: Mapped[str] = mapped_column(primary_key=True)
-    #: ``patient/care date/data type/order no``
-    unit: Mapped[str] = mapped_column(primary_key=True)
-    patient_id: Mapped[str]
-    #: The file name whose records were sent last.
-    source: Mapped[str]
-    #: orjson ``{item: content hash}``.
-    hashes: Mapped[bytes] = mapped_column(LargeBinary)
-    sequence: Mapped[int]
+    token: bytes
+    kid: bytes
+    key: bytes
 
 
-class OutboxItem(Base):
-    __tablename__ = "outbox"
+def patient_key(conn: sqlite3.Connection, stream: str, patient_id: str) -> PatientKey | None:
+    row = conn.execute(
+        'SELECT token, kid, "key" FROM patient_key WHERE stream = ? AND patient_id = ?', (stream, patient_id)
+    ).fetchone()
+    return PatientKey(*row) if row is not None else None
 
-    stream: Mapped[str] = mapped_column(primary_key=True)
-    sequence: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str]
-    header_hash: Mapped[str]
-    size: Mapped[int]
-    kind: Mapped[str]
-    created_at: Mapped[str]
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """An ``outbox`` row: a sealed changeset and what the center said about it."""
+
+    stream: str
+    sequence: int
+    name: str
+    header_hash: str
+    size: int
+    kind: str
+    created_at: str
     #: ``pending`` (sealed, not yet confirmed by a receipt) or ``acked``.
-    status: Mapped[str] = mapped_column(default="pending")
-    attempts: Mapped[int] = mapped_column(default=0)
-    last_error: Mapped[str | None] = mapped_column(default=None)
-    receipt: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
-    acked_at: Mapped[str | None] = mapped_column(default=None)
-    patients: Mapped[int] = mapped_column(default=0)
-    puts: Mapped[int] = mapped_column(default=0)
-    dels: Mapped[int] = mapped_column(default=0)
-    tombstones: Mapped[int] = mapped_column(default=0)
+    status: str = "pending"
+    attempts: int = 0
+    last_error: str | None = None
+    receipt: bytes | None = None
+    acked_at: str | None = None
+    patients: int = 0
+    puts: int = 0
+    dels: int = 0
+    tombstones: int = 0
+
+    @classmethod
+    def select(
+        cls, conn: sqlite3.Connection, where: str = "", params: Sequence[Any] = ()
+    ) -> Iterator[OutboxItem]:
+        """The rows matching ``where`` (an SQL tail: ``WHERE … ORDER BY …``), streamed."""
+        for row in conn.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox {where}", params):
+            yield cls(*row)
+
+    def insert(self, conn: sqlite3.Connection) -> None:
+        conn.execute(_OUTBOX_INSERT, astuple(self))
 
 
-class QuarantinedFile(Base):
-    __tablename__ = "quarantine"
-
-    relpath: Mapped[str] = mapped_column(primary_key=True)
-    reason: Mapped[str]
-    first_seen: Mapped[str]
-    last_seen: Mapped[str]
+_OUTBOX_NAMES = [f.name for f in fields(OutboxItem)]
+_OUTBOX_COLUMNS = ", ".join(_OUTBOX_NAMES)
+_OUTBOX_INSERT = f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES ({', '.join('?' * len(_OUTBOX_NAMES))})"
 
 
-class ExcludedPatient(Base):
-    """Patients whose data was kept back by an opt-out: if the opt-out is withdrawn, their whole folder
-    is read again."""
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A ``hold`` row: a day the attack guard held back."""
 
-    __tablename__ = "excluded_patient"
+    id: int
+    at: str
+    reason: str
+    figures: bytes
+    confirmed_at: str | None
+    confirmed_by: str | None
+    released_sequence: int | None
 
-    stream: Mapped[str] = mapped_column(primary_key=True)
-    patient_id: Mapped[str] = mapped_column(primary_key=True)
-
-
-class Hold(Base):
-    """A day the attack guard held back.  ``confirmed_at`` set by an operator lets the next sync ship it."""
-
-    __tablename__ = "hold"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    at: Mapped[str]
-    reason: Mapped[str]
-    figures: Mapped[bytes] = mapped_column(LargeBinary)
-    confirmed_at: Mapped[str | None] = mapped_column(default=None)
-    confirmed_by: Mapped[str | None] = mapped_column(default=None)
-    released_sequence: Mapped[int | None] = mapped_column(default=None)
+    @classmethod
+    def select(cls, conn: sqlite3.Connection, where: str = "", params: Sequence[Any] = ()) -> Iterator[Hold]:
+        """The rows matching ``where`` (an SQL tail: ``WHERE … ORDER BY …``), streamed."""
+        for row in conn.execute(f"SELECT {_HOLD_COLUMNS} FROM hold {where}", params):
+            yield cls(*row)
 
 
-class ResearchBirth(Base):
-    """A patient's full birth date as the newest patient record read gave it: research records carry the
-    age at each event, and most changed files do not hold the birth date themselves."""
-
-    __tablename__ = "research_birth"
-
-    patient_id: Mapped[str] = mapped_column(primary_key=True)
-    birth_date: Mapped[str]
+_HOLD_COLUMNS = ", ".join(f.name for f in fields(Hold))

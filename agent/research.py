@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
 
 from agent.changeset import Builder, PatientResult, UnitResult, read_patient, whole_patient
 from agent.config import config_path, load_config
 from agent.consent import ConsentSnapshot
 from agent.deidentify import Pseudonymizer
-from agent.ledger import ResearchBirth, SentUnit
 from agent.linkage import load_linkage_key, write_linkage_key
 from agent.ssmix2.layout import patient_folder
 from hakobune.durable import fsync_dir
@@ -42,7 +39,7 @@ class ResearchBuilder(Builder):
 
     def __init__(
         self,
-        session: Session,
+        conn: sqlite3.Connection,
         writer: ChangesetWriter,
         *,
         sequence: int,
@@ -54,7 +51,7 @@ class ResearchBuilder(Builder):
         now: str,
     ) -> None:
         super().__init__(
-            session,
+            conn,
             writer,
             stream="research",
             sequence=sequence,
@@ -67,11 +64,11 @@ class ResearchBuilder(Builder):
         self.root = root
         #: Patients read again because their birth date changed.
         self.refreshed = 0
-        self._birth_rows: list[dict[str, str]] = []
+        self._birth_rows: list[tuple[str, str]] = []
 
     def erase(self, patient_id: str) -> None:
         super().erase(patient_id)
-        self.session.execute(delete(ResearchBirth).where(ResearchBirth.patient_id == patient_id))
+        self.conn.execute("DELETE FROM research_birth WHERE patient_id = ?", (patient_id,))
 
     def _quarantine(self, relpath: str, reason: str) -> None:
         """The clinical builder records quarantined files (both builders see the same reads); counting them
@@ -93,11 +90,13 @@ class ResearchBuilder(Builder):
             return result
         pid = result.patient_id
         if self.fresh:  # a baseline reads every patient whole: the ages were made from this birth date
-            self._birth_rows.append({"patient_id": pid, "birth_date": read})
+            self._birth_rows.append((pid, read))
             self._flush_births()
             return result
-        row = self.session.get(ResearchBirth, pid)
-        if row is not None and row.birth_date == read:
+        row = self.conn.execute(
+            "SELECT birth_date FROM research_birth WHERE patient_id = ?", (pid,)
+        ).fetchone()
+        if row is not None and row[0] == read:
             return result
         if self._sent_before(pid):
             result = read_patient(
@@ -105,27 +104,18 @@ class ResearchBuilder(Builder):
             )
             read = result.birth_read or read
             self.refreshed += 1
-        if row is None:
-            self.session.add(ResearchBirth(patient_id=pid, birth_date=read))
-        else:
-            row.birth_date = read
+        self.conn.execute(_UPSERT_BIRTH, (pid, read))
         return result
 
     def _sent_before(self, pid: str) -> bool:
-        first = self.session.scalars(
-            select(SentUnit.unit).where(SentUnit.stream == "research", SentUnit.patient_id == pid).limit(1)
-        ).first()
+        first = self.conn.execute(
+            "SELECT 1 FROM sent_unit WHERE stream = 'research' AND patient_id = ? LIMIT 1", (pid,)
+        ).fetchone()
         return first is not None
 
     def _flush_births(self, force: bool = False) -> None:
         if self._birth_rows and (force or len(self._birth_rows) >= 2000):
-            stmt = sqlite_insert(ResearchBirth)
-            self.session.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[ResearchBirth.patient_id], set_={"birth_date": stmt.excluded.birth_date}
-                ),
-                self._birth_rows,
-            )
+            self.conn.executemany(_UPSERT_BIRTH, self._birth_rows)
             self._birth_rows = []
 
     def finish(self) -> None:
@@ -133,16 +123,20 @@ class ResearchBuilder(Builder):
         self._flush_births(force=True)
 
 
-def known_births(session: Session, patient_ids: list[str]) -> dict[str, str]:
-    """The birth dates the agent keeps for these patients (read on the session's connection, without
-    flushing the build's pending changes)."""
-    conn = session.connection()
-    rows = conn.execute(
-        select(ResearchBirth.patient_id, ResearchBirth.birth_date).where(
-            ResearchBirth.patient_id.in_(patient_ids)
-        )
-    )
-    return {pid: born for pid, born in rows}
+_UPSERT_BIRTH = (
+    "INSERT INTO research_birth (patient_id, birth_date) VALUES (?, ?)"
+    " ON CONFLICT (patient_id) DO UPDATE SET birth_date = excluded.birth_date"
+)
+
+
+def known_births(conn: sqlite3.Connection, patient_ids: list[str]) -> dict[str, str]:
+    """The birth dates the agent keeps for these patients (read inside the build's transaction)."""
+    births: dict[str, str] = {}
+    for pid in patient_ids:
+        row = conn.execute("SELECT birth_date FROM research_birth WHERE patient_id = ?", (pid,)).fetchone()
+        if row is not None:
+            births[pid] = row[0]
+    return births
 
 
 # --- installing the keys ----------------------------------------------------------------------------------

@@ -9,11 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import select
-
 from agent.config import AgentConfig
 from agent.keys import load_center_key
-from agent.ledger import OutboxItem, StreamState
+from agent.ledger import OutboxItem
 from agent.state import StateDB, to_iso
 from agent.transport import Transport, open_transport
 from hakobune.errors import HakobuneError, InputError
@@ -53,14 +51,8 @@ def ship(
     what was uploaded (the center ingests asynchronously)."""
     center_key = load_center_key(cfg)
     result = ShipResult()
-    with db.session() as s:
-        items = list(
-            s.scalars(
-                select(OutboxItem)
-                .where(OutboxItem.status == "pending")
-                .order_by(OutboxItem.stream, OutboxItem.sequence)
-            )
-        )
+    with db.connection() as conn:
+        items = list(OutboxItem.select(conn, "WHERE status = 'pending' ORDER BY stream, sequence"))
     for item in items:
         if _collect(cfg, db, transport, center_key, item, result):
             continue
@@ -114,21 +106,24 @@ def _collect(
         _note_error(db, item, reason)
         result.errors.append(reason)
         return False
-    with db.session() as s:
-        row = s.get(OutboxItem, (item.stream, item.sequence))
-        assert row is not None
-        row.status, row.receipt, row.acked_at, row.last_error = "acked", data, to_iso(datetime.now(UTC)), None
-        state = s.get(StreamState, item.stream)
-        if state is not None and item.sequence > state.acked_sequence:
-            state.acked_sequence = item.sequence
+    with db.transaction() as s:
+        s.execute(
+            "UPDATE outbox SET status = 'acked', receipt = ?, acked_at = ?, last_error = NULL"
+            " WHERE stream = ? AND sequence = ?",
+            (data, to_iso(datetime.now(UTC)), item.stream, item.sequence),
+        )
+        s.execute(
+            "UPDATE stream_state SET acked_sequence = ? WHERE stream = ? AND acked_sequence < ?",
+            (item.sequence, item.stream, item.sequence),
+        )
     (cfg.outbox / item.name).unlink(missing_ok=True)
     result.acked.append(item.name)
     return True
 
 
 def _note_error(db: StateDB, item: OutboxItem, reason: str) -> None:
-    with db.session() as s:
-        row = s.get(OutboxItem, (item.stream, item.sequence))
-        if row is not None:
-            row.attempts += 1
-            row.last_error = reason
+    with db.transaction() as s:
+        s.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE stream = ? AND sequence = ?",
+            (reason, item.stream, item.sequence),
+        )

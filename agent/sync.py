@@ -8,6 +8,8 @@ each stream's builder.  Either both sealed files and their ledger rows are commi
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,8 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
 
 from agent.changeset import (
     BATCH,
@@ -39,7 +39,7 @@ from agent.config import AgentConfig, GuardConfig
 from agent.consent import ConsentRegistry, ConsentSnapshot
 from agent.fileindex import FileIndex, ScanResult
 from agent.keys import AgentKeys, ResearchKeys
-from agent.ledger import Hold, OutboxItem, QuarantinedFile, SentUnit, StreamState
+from agent.ledger import Hold, OutboxItem, StreamState
 from agent.research import ResearchBuilder, known_births
 from agent.ssmix2.layout import BadName, parse_name, patient_folder
 from agent.state import StateDB, to_iso
@@ -107,11 +107,8 @@ def recover_outbox(outbox: Path, db: StateDB) -> list[str]:
     removed: list[str] = []
     if not outbox.is_dir():
         return removed
-    with db.session() as s:
-        known = {
-            (stream, sequence)
-            for stream, sequence in s.execute(select(OutboxItem.stream, OutboxItem.sequence))
-        }
+    with db.connection() as conn:
+        known: set[tuple[str, int]] = set(conn.execute("SELECT stream, sequence FROM outbox"))
     for path in outbox.iterdir():
         parsed = parse_changeset_name(path.name)
         if parsed is None or parsed not in known:
@@ -208,7 +205,7 @@ class _StreamRun:
 
 
 def _open_stream(
-    s: Session,
+    s: sqlite3.Connection,
     cfg: AgentConfig,
     keys: AgentKeys,
     stream: Stream,
@@ -217,11 +214,10 @@ def _open_stream(
     moment: datetime,
 ) -> _StreamRun:
     stamp = to_iso(moment)
-    state = s.get(StreamState, stream)
+    state = StreamState.load(s, stream)
     if state is None:
-        state = StreamState(stream=stream, last_sequence=0, last_hash=ZERO_HASH)
-        s.add(state)
-        s.flush()
+        state = StreamState(stream, last_sequence=0, last_hash=ZERO_HASH)
+        state.save(s)
     baseline = (
         state.last_sequence == 0
         or state.epoch_recipient != recipient.fingerprint
@@ -235,7 +231,7 @@ def _open_stream(
         assert state.epoch_key is not None and state.epoch_sealed is not None
         epoch = Epoch(state.epoch_id, state.epoch_key, state.epoch_sealed)
     if baseline:
-        s.execute(delete(SentUnit).where(SentUnit.stream == stream))
+        s.execute("DELETE FROM sent_unit WHERE stream = ?", (stream,))
     sequence = state.last_sequence + 1
     name = changeset_name(stream, sequence)
     writer = ChangesetWriter(
@@ -292,7 +288,7 @@ def _build(
     stamp = to_iso(moment)
     scan_figures = scan.figures()
     consent = ConsentRegistry(db).snapshot()
-    with db.session() as s:
+    with db.transaction() as s:
         runs = [_open_stream(s, cfg, keys, "clinical", keys.release, consent, moment)]
         if keys.research is not None:
             runs.append(_open_stream(s, cfg, keys, "research", keys.research.analysis, consent, moment))
@@ -331,6 +327,8 @@ def _build(
                 else:
                     run.header = run.writer.finish()
             if all(run.header is None for run in runs):
+                for run in runs:
+                    run.state.save(s)
                 index.commit(s)
                 return SyncResult(
                     "nothing",
@@ -349,12 +347,13 @@ def _build(
             for run in runs:
                 if run.header is not None:
                     _record_sealed(s, run, stamp)
+                run.state.save(s)
             if confirmed is not None:
-                hold = s.get(Hold, confirmed)
-                if hold is not None:
-                    hold.released_sequence = clinical.sequence if clinical.header else None
+                s.execute(
+                    "UPDATE hold SET released_sequence = ? WHERE id = ?",
+                    (clinical.sequence if clinical.header else None, confirmed),
+                )
             index.commit(s)
-            s.flush()
         except BaseException:
             for run in runs:
                 (cfg.outbox / run.name).unlink(missing_ok=True)
@@ -373,26 +372,25 @@ def _build(
     )
 
 
-def _record_sealed(s: Session, run: _StreamRun, stamp: str) -> None:
-    """The ledger side of a sealed changeset: its outbox row and the stream's new chain head."""
+def _record_sealed(s: sqlite3.Connection, run: _StreamRun, stamp: str) -> None:
+    """The ledger side of a sealed changeset: its outbox row and the stream's new chain head (saved by the
+    caller)."""
     header = run.header
     assert header is not None
     stats = run.builder.stats
-    s.add(
-        OutboxItem(
-            stream=run.stream,
-            sequence=run.sequence,
-            name=run.name,
-            header_hash=header.hash,
-            size=header.total_size,
-            kind=header.kind,
-            created_at=stamp,
-            patients=header.key_count,
-            puts=stats.puts,
-            dels=stats.dels,
-            tombstones=len(header.tombstones),
-        )
-    )
+    OutboxItem(
+        stream=run.stream,
+        sequence=run.sequence,
+        name=run.name,
+        header_hash=header.hash,
+        size=header.total_size,
+        kind=header.kind,
+        created_at=stamp,
+        patients=header.key_count,
+        puts=stats.puts,
+        dels=stats.dels,
+        tombstones=len(header.tombstones),
+    ).insert(s)
     run.state.last_sequence, run.state.last_hash = run.sequence, header.hash
     if run.baseline:
         run.state.baseline_sequence, run.state.baseline_at = run.sequence, stamp
@@ -413,7 +411,7 @@ def _research_result(runs: list[_StreamRun]) -> StreamResult | None:
 
 def _read(
     cfg: AgentConfig,
-    s: Session,
+    s: sqlite3.Connection,
     work: Iterator[PatientWork],
     research: ResearchKeys | None,
     workers: int,
@@ -523,31 +521,35 @@ def _batched(root: str, work: Iterator[PatientWork], size: int) -> Iterator[tupl
         yield root, batch
 
 
-def _forget_removed_quarantine(session: Session, gone: list[str]) -> None:
-    for i in range(0, len(gone), 500):
-        session.execute(delete(QuarantinedFile).where(QuarantinedFile.relpath.in_(gone[i : i + 500])))
+def _forget_removed_quarantine(s: sqlite3.Connection, gone: list[str]) -> None:
+    s.executemany("DELETE FROM quarantine WHERE relpath = ?", ((relpath,) for relpath in gone))
 
 
 def _confirmed_hold(db: StateDB) -> int | None:
-    with db.session() as s:
-        row = s.scalars(
-            select(Hold)
-            .where(Hold.confirmed_at.is_not(None), Hold.released_sequence.is_(None))
-            .order_by(Hold.id)
-        ).first()
-        return row.id if row is not None else None
+    with db.connection() as conn:
+        row = conn.execute(
+            "SELECT id FROM hold WHERE confirmed_at IS NOT NULL AND released_sequence IS NULL"
+            " ORDER BY id LIMIT 1"
+        ).fetchone()
+    return int(row[0]) if row is not None else None
 
 
 def _hold(db: StateDB, at: str, reason: str, figures: dict[str, Any]) -> None:
-    with db.session() as s:
-        s.add(Hold(at=at, reason=reason, figures=orjson.dumps(figures)))
+    with db.transaction() as s:
+        s.execute(
+            "INSERT INTO hold (at, reason, figures) VALUES (?, ?, ?)", (at, reason, orjson.dumps(figures))
+        )
 
 
 def confirm_hold(db: StateDB, by: str, now: datetime | None = None) -> Hold | None:
     """Confirm the latest unconfirmed hold: the next sync ships the day without the guard."""
-    with db.session() as s:
-        row = s.scalars(select(Hold).where(Hold.confirmed_at.is_(None)).order_by(Hold.id.desc())).first()
+    with db.transaction() as s:
+        row = next(Hold.select(s, "WHERE confirmed_at IS NULL ORDER BY id DESC LIMIT 1"), None)
         if row is None:
             return None
-        row.confirmed_at, row.confirmed_by = to_iso(now or datetime.now(UTC)), by
+        row = dataclasses.replace(row, confirmed_at=to_iso(now or datetime.now(UTC)), confirmed_by=by)
+        s.execute(
+            "UPDATE hold SET confirmed_at = ?, confirmed_by = ? WHERE id = ?",
+            (row.confirmed_at, row.confirmed_by, row.id),
+        )
         return row

@@ -46,8 +46,8 @@ def child(args: argparse.Namespace) -> None:
         scan_s = time.perf_counter() - t
         t = time.perf_counter()
         if args.commit:
-            with db.session() as s:
-                index.commit(s)
+            with db.transaction() as conn:
+                index.commit(conn)
         else:
             index.discard()
         finish_s = time.perf_counter() - t

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +13,24 @@ FILE_MODE = 0o600
 BUSY_TIMEOUT_MS = 10_000
 
 
-def on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """SQLAlchemy ``connect`` listener: WAL, foreign keys, a busy timeout, and transactions taken away from
-    the sqlite3 module (which neither wraps DDL nor begins before SELECT) so that SQLAlchemy's ``begin``
-    event issues BEGIN and every session is one real SQLite transaction."""
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
+def configure(conn: sqlite3.Connection) -> None:
+    """WAL, foreign keys, a busy timeout, and transactions taken away from the sqlite3 module (which
+    neither wraps DDL nor begins before SELECT): the caller issues BEGIN and COMMIT itself, so every
+    transaction is one real SQLite transaction."""
+    conn.isolation_level = None
+    cursor = conn.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     finally:
         cursor.close()
+
+
+def on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """SQLAlchemy ``connect`` listener (the center's SQLite catalog): :func:`configure`, so that
+    SQLAlchemy's ``begin`` event issues BEGIN and every session is one real SQLite transaction."""
+    configure(dbapi_connection)
 
 
 def create_private_file(path: Path) -> None:

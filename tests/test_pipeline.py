@@ -8,14 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from agent.commands.status import agent_status
 from agent.commands.sync import run_once
 from agent.config import load_config
 from agent.consent import ConsentRegistry
 from agent.home import open_state_db
-from agent.ledger import OutboxItem, PatientKey, StreamState
+from agent.ledger import OutboxItem, StreamState, patient_key
 from agent.ship import connect, ship
 from agent.sync import Held, confirm_hold, run_sync
 from center.catalog import Catalog
@@ -92,8 +91,8 @@ def test_opt_outs_before_and_after_sending(pipe: Pipeline) -> None:
 
     with open_state_db(pipe.agent_home) as db:
         ConsentRegistry(db).set(late, "all")
-        with db.session() as s:
-            token = s.get(PatientKey, ("clinical", late)).token  # type: ignore[union-attr]
+        with db.connection() as conn:
+            token = patient_key(conn, "clinical", late).token  # type: ignore[union-attr]
     doc = _sync_ship(pipe)
     assert doc["sync"]["build"]["tombstones"] == 1  # type: ignore[index]
     report = pipe.ingest()
@@ -279,8 +278,8 @@ def test_ransomware_day_is_held_not_shipped(pipe: Pipeline) -> None:
     assert _outbox(pipe) == []
     with open_state_db(pipe.agent_home) as db:
         assert agent_status(db)["held"]
-        with db.session() as s:
-            assert s.get(StreamState, "clinical").last_sequence == 1  # type: ignore[union-attr]
+        with db.connection() as conn:
+            assert StreamState.load(conn, "clinical").last_sequence == 1  # type: ignore[union-attr]
         assert confirm_hold(db, "test-operator") is not None
         result = run_sync(cfg, db)  # confirmed: shipped as the operator decided
     assert result.status == "sealed"
@@ -292,11 +291,11 @@ def test_the_center_cannot_decrypt_anything_it_holds(pipe: Pipeline) -> None:
     _collect(pipe)
     cfg = load_config(pipe.agent_home)
     secrets = [pipe.release.raw]
-    with open_state_db(pipe.agent_home) as db, db.session() as s:
-        state = s.get(StreamState, "clinical")
+    with open_state_db(pipe.agent_home) as db, db.connection() as conn:
+        state = StreamState.load(conn, "clinical")
         assert state is not None and state.epoch_key is not None
         secrets.append(state.epoch_key)
-        secrets += [k.key for k in s.scalars(select(PatientKey))]
+        secrets += [key for (key,) in conn.execute('SELECT "key" FROM patient_key')]
     secrets.append(cfg.token_key.read_bytes())
     center_files = [p for p in pipe.center.layout.home.rglob("*") if p.is_file()]
     assert center_files
@@ -320,8 +319,8 @@ def test_outbox_items_survive_a_crash_between_seal_and_commit(pipe: Pipeline) ->
     with open_state_db(pipe.agent_home) as db:
         result = run_sync(cfg, db)
         assert not orphan.exists()
-        with db.session() as s:
-            assert [o.sequence for o in s.scalars(select(OutboxItem))] == [result.sequence]
+        with db.connection() as conn:
+            assert [o.sequence for o in OutboxItem.select(conn)] == [result.sequence]
 
 
 def test_the_same_pipeline_on_a_postgresql_catalog(

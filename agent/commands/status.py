@@ -7,24 +7,23 @@ from typing import Any
 
 import typer
 from rich.table import Table
-from sqlalchemy import func, select
 
 from agent.home import home_option, open_state_db
-from agent.ledger import Hold, OutboxItem, QuarantinedFile, StreamState
+from agent.ledger import Hold, OutboxItem, StreamState
 from agent.state import StateDB
 from hakobune.console import console, print_json
 
 
 def agent_status(db: StateDB) -> dict[str, Any]:
     """The agent's state as a JSON-ready dict."""
-    with db.session() as s:
+    with db.transaction() as s:  # one snapshot of everything shown
         streams = []
-        for st in s.scalars(select(StreamState).order_by(StreamState.stream)):
-            last_acked = s.scalars(
-                select(OutboxItem)
-                .where(OutboxItem.stream == st.stream, OutboxItem.status == "acked")
-                .order_by(OutboxItem.sequence.desc())
-            ).first()
+        for st in StreamState.all(s):
+            last_acked = s.execute(
+                "SELECT acked_at FROM outbox WHERE stream = ? AND status = 'acked'"
+                " ORDER BY sequence DESC LIMIT 1",
+                (st.stream,),
+            ).fetchone()
             streams.append(
                 {
                     "stream": st.stream,
@@ -32,7 +31,7 @@ def agent_status(db: StateDB) -> dict[str, Any]:
                     "acked_sequence": st.acked_sequence,
                     "baseline_sequence": st.baseline_sequence,
                     "baseline_at": st.baseline_at,
-                    "last_receipt_at": last_acked.acked_at if last_acked else None,
+                    "last_receipt_at": last_acked[0] if last_acked else None,
                 }
             )
         pending = [
@@ -44,24 +43,19 @@ def agent_status(db: StateDB) -> dict[str, Any]:
                 "attempts": o.attempts,
                 "last_error": o.last_error,
             }
-            for o in s.scalars(
-                select(OutboxItem).where(OutboxItem.status == "pending").order_by(OutboxItem.sequence)
-            )
+            for o in OutboxItem.select(s, "WHERE status = 'pending' ORDER BY sequence")
         ]
         quarantine = [
-            {
-                "file": q.relpath.rsplit("/", 1)[-1],
-                "path": q.relpath,
-                "reason": q.reason,
-                "since": q.first_seen,
-            }
-            for q in s.scalars(select(QuarantinedFile).order_by(QuarantinedFile.relpath))
+            {"file": relpath.rsplit("/", 1)[-1], "path": relpath, "reason": reason, "since": first_seen}
+            for relpath, reason, first_seen in s.execute(
+                "SELECT relpath, reason, first_seen FROM quarantine ORDER BY relpath"
+            )
         ]
         holds = [
             {"at": h.at, "reason": h.reason, "confirmed_at": h.confirmed_at, "confirmed_by": h.confirmed_by}
-            for h in s.scalars(select(Hold).where(Hold.released_sequence.is_(None)).order_by(Hold.id))
+            for h in Hold.select(s, "WHERE released_sequence IS NULL ORDER BY id")
         ]
-        total_sent = s.scalar(select(func.count()).select_from(OutboxItem)) or 0
+        (total_sent,) = s.execute("SELECT count(*) FROM outbox").fetchone()
     return {
         "streams": streams,
         "changesets": total_sent,

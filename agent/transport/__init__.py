@@ -9,12 +9,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from agent.transport.base import CHUNK_SIZE, Progress, RateLimiter, Transport, TransportError
 from agent.transport.file import FileTransport
-from agent.transport.sftp import SftpTransport
 from hakobune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent.transport.sftp import SftpTransport
 
 __all__ = [
     "CHUNK_SIZE",
@@ -26,6 +29,15 @@ __all__ = [
     "TransportError",
     "open_transport",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The SFTP transport (paramiko, several MB) is imported when first used, not by a file:// sync.
+    if name == "SftpTransport":
+        from agent.transport.sftp import SftpTransport
+
+        return SftpTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_transport(
@@ -72,6 +84,8 @@ def open_transport(
             raise ConfigError(f"transport URL {url!r}: an ssh key file is required for sftp")
         if known_hosts is None:
             raise ConfigError(f"transport URL {url!r}: a known_hosts file pinning the center is required")
+        from agent.transport.sftp import SftpTransport
+
         return SftpTransport(
             parts.hostname,
             22 if port is None else port,

@@ -23,13 +23,11 @@ import logging
 import random
 import socket
 import stat
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self, TypeVar
-
-import paramiko
-from paramiko.sftp import CMD_EXTENDED
 
 from agent.transport.base import (
     MAX_RECEIPT_SIZE,
@@ -43,6 +41,15 @@ from agent.transport.base import (
     too_large,
 )
 from hakobune.errors import ConfigError
+
+# paramiko imports ``invoke`` (if installed) only to run the commands of ``Match exec`` lines in an OpenSSH
+# client config; it treats a failed import as "not installed".  We never read an ssh config (no Match, no
+# ProxyCommand: the host, key and known_hosts come from agent.toml), and invoke pulls in unittest.mock and
+# asyncio: several MB of every sync's peak memory for nothing.  None in sys.modules makes the import fail.
+sys.modules.setdefault("invoke", None)  # type: ignore[arg-type]
+
+import paramiko  # noqa: E402
+from paramiko.sftp import CMD_EXTENDED  # noqa: E402
 
 log = logging.getLogger(__name__)
 

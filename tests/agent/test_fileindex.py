@@ -117,8 +117,8 @@ def index_rows(db: StateDB) -> dict[str, Stat]:
 
 
 def commit(db: StateDB, index: FileIndex) -> None:
-    with db.session() as s:
-        index.commit(s)
+    with db.transaction() as conn:
+        index.commit(conn)
 
 
 def committed(w: World, db: StateDB, index: FileIndex, verify: bool) -> None:
@@ -307,8 +307,8 @@ def test_scan_without_commit_is_found_again_and_commit_needs_a_finished_scan(
     index.discard()
     with pytest.raises(ScanError, match="no completed scan is pending"):
         list(index.iter_changed_dirs())
-    with pytest.raises(ScanError, match="nothing to commit"), db.session() as s:
-        index.commit(s)
+    with pytest.raises(ScanError, match="nothing to commit"), db.transaction() as conn:
+        index.commit(conn)
     scan(index, w)
     assert pending(index) == found
     committed(w, db, index, verify=False)
