@@ -122,3 +122,21 @@ def test_a_small_day_is_read_without_reader_processes(
     doc = json.loads(result.stdout)["sync"]
     assert (doc["status"], doc["kind"], doc["scan"]["mode"]) == ("sealed", "incremental", "journal")
     assert doc["build"]["units_read"] > 0
+
+
+def test_a_json_daily_sync_loads_neither_sqlalchemy_nor_rich(tmp_path: Path) -> None:
+    """The daily sync's memory budget (issue 3: < 64 MB peak): the state database is on the stdlib
+    sqlite3, output that is only JSON needs no rich, and a file:// center needs no SSH."""
+    home = tmp_path / "hospital"
+    generate(home, patients=20, days=3, seed=5, workers=1)
+    world = provision_local(
+        hospital="H1",
+        ssmix2=home / "ssmix2",
+        center_home=tmp_path / "center",
+        agent_home=tmp_path / "agent",
+        release=RecipientPrivateKey.generate().public,
+        journal=home / "journal",
+    )
+    loaded = _modules_loaded_by("agent", "sync", "--json", "--home", str(world.agent.home))
+    assert "agent" in loaded and "zstandard" in loaded  # it did run the sync
+    assert not loaded & {"sqlalchemy", "rich", "paramiko", "invoke", "asyncio", *HEAVY}, sorted(loaded)
