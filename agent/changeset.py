@@ -31,7 +31,7 @@ from agent.consent import ConsentSnapshot
 from agent.deidentify import Pseudonymizer, birth_of, deidentify
 from agent.ledger import PatientKey, patient_key
 from agent.ssmix2.layout import BadName, FoundFile, iter_patient_dirs, parse_name
-from agent.ssmix2.reader import Status, read_found
+from agent.ssmix2.reader import Status, cycle_collection_paused, read_found
 from hakobune.records import Record, encode, hash_encoded
 from hakobune.sealed import ChangesetWriter
 
@@ -107,7 +107,8 @@ class BuildStats:
 def read_patients_work(args: tuple[str, list[PatientWork]]) -> list[PatientResult]:
     """Worker: the current state of every touched unit of these patients."""
     root, work = args
-    return [_read_patient(root, w) for w in work]
+    with cycle_collection_paused():
+        return [_read_patient(root, w) for w in work]
 
 
 ResearchTask = tuple[str, list[PatientWork], Pseudonymizer, dict[str, str]]
@@ -118,7 +119,8 @@ def read_patients_research(args: ResearchTask) -> list[PatientResult]:
     stream.  The last element holds the birth dates the agent knows (patient ID -> ``YYYY-MM-DD``) for
     patients whose patient record is not among what is read."""
     root, work, pseudonymizer, births = args
-    return [read_patient(root, w, pseudonymizer, births.get(w.patient_id)) for w in work]
+    with cycle_collection_paused():
+        return [read_patient(root, w, pseudonymizer, births.get(w.patient_id)) for w in work]
 
 
 def read_patient(
@@ -152,14 +154,14 @@ def _read_patient(
     for d in work.dirs:
         try:
             with os.scandir(os.path.join(root, d.leaf_dir)) as it:
-                entries = [(e.name, e) for e in it if e.is_file(follow_symlinks=False)]
+                names = [e.name for e in it if e.is_file(follow_symlinks=False)]
         except FileNotFoundError:
-            entries = []
+            names = []
         rel_dir = tuple(d.leaf_dir.split("/"))
         _, _, pid, date, dtype = rel_dir
-        best: dict[str, tuple[str, str, os.DirEntry[str]]] = {}  # order -> (timestamp, name, entry)
+        best: dict[str, tuple[str, str]] = {}  # order -> (timestamp, name)
         orders: set[str] = set()
-        for name, entry in sorted(entries, key=lambda e: e[0]):
+        for name in sorted(names):
             try:
                 parsed = parse_name(name)
             except BadName as e:
@@ -171,17 +173,15 @@ def _read_patient(
             if parsed.current and (
                 parsed.order_no not in best or parsed.timestamp > best[parsed.order_no][0]
             ):
-                best[parsed.order_no] = (parsed.timestamp, name, entry)
+                best[parsed.order_no] = (parsed.timestamp, name)
         for order in sorted(orders | (d.touched if d.touched is not None else d.also)):
             unit = f"{pid}/{date}/{dtype}/{order}"
             if order not in best:
                 units.append(UnitResult(unit, None))
                 continue
-            _, name, entry = best[order]
-            st = entry.stat(follow_symlinks=False)
-            outcome = read_found(
-                root, FoundFile(f"{d.leaf_dir}/{name}", rel_dir, name, st.st_size, st.st_mtime_ns)
-            )
+            _, name = best[order]
+            # size -1: the reader takes it from the open file (one path look-up fewer than a stat here)
+            outcome = read_found(root, FoundFile(f"{d.leaf_dir}/{name}", rel_dir, name, -1, 0))
             result = UnitResult(unit, name)
             if outcome.status is Status.QUARANTINED:
                 result.quarantined = (outcome.relpath, outcome.reason)
