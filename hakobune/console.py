@@ -41,6 +41,11 @@ console = cast("Console", _console)
 err_console = cast("Console", _err_console)
 
 
+def real_console(*, stderr: bool = False) -> Console:
+    """The console itself (made now if it was not yet), where rich needs a real one or a test changes it."""
+    return (_err_console if stderr else _console).real()
+
+
 def print_json(obj: Any) -> None:
     """One JSON document on stdout (UTF-8, not ASCII-escaped, keys as given)."""
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -27,7 +27,7 @@ from center.config import CenterConfig, load_center_config, parse_listen
 from center.dashboard import DashboardServer, render_page
 from center.enroll import init_center
 from hakobune.cli import app
-from hakobune.console import console
+from hakobune.console import real_console
 from hakobune.errors import ConfigError
 from hakobune.naming import changeset_name
 
@@ -183,7 +183,7 @@ def test_the_server_is_read_only_and_sends_strict_headers(server: DashboardServe
 def test_status_html_writes_the_same_page_as_one_static_file(
     center: CenterConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(console, "width", 250)
+    monkeypatch.setattr(real_console(), "width", 250)
     out = tmp_path / "status.html"
     result = CliRunner().invoke(
         app,
