@@ -24,7 +24,7 @@ import hashlib
 import re
 import uuid
 from calendar import monthrange
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -695,12 +695,7 @@ class _Builder:
             _coding_key(p["dispense_unit"]),
             p["days"],
         )
-        shared = self.shared
-        if shared is None:
-            parts = _request_parts(*key)
-        else:
-            found: _RequestParts | None = shared.get(key)
-            parts = _share(shared, key, _request_parts(*key)) if found is None else found
+        parts: _RequestParts = _parts(self.shared, key, _request_parts)
         medication, duration, instruction, dispense = parts
         res["medicationCodeableConcept"] = medication
         res["subject"] = {"reference": self.patient_url}
@@ -896,12 +891,7 @@ class _Builder:
             lab["flag"],
             lab["reference_range"],
         )
-        shared = self.shared
-        if shared is None:
-            parts = _lab_parts(*key)
-        else:
-            found: _LabParts | None = shared.get(key)
-            parts = _share(shared, key, _lab_parts(*key)) if found is None else found
+        parts: _LabParts = _parts(self.shared, key, _lab_parts)
         meta, status, category, concept, value, interpretation, reference_range, tail = parts
         observed_at = lab["observed_at"]
         res: Json = {
@@ -971,11 +961,17 @@ _SHARED: dict[tuple[Any, ...], Any] = {}
 _SHARED_MAX = 1 << 13  # about 30 MB of parts at most
 
 
-def _share(shared: dict[tuple[Any, ...], Any], key: tuple[Any, ...], parts: _T) -> _T:
-    """Remember ``parts`` under ``key`` (the table starts again when full: values drift, codes do not)."""
+def _parts(shared: dict[tuple[Any, ...], Any] | None, key: tuple[Any, ...], make: Callable[..., _T]) -> _T:
+    """``make(*key)``, from the shared table when it holds it (remembered there when not; the table starts
+    again when full: values drift, codes do not)."""
+    if shared is None:
+        return make(*key)
+    found: _T | None = shared.get(key)
+    if found is not None:
+        return found
     if len(shared) >= _SHARED_MAX:
         shared.clear()
-    shared[key] = parts
+    parts = shared[key] = make(*key)
     return parts
 
 

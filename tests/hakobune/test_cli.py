@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import agent.cli
 from hakobune.cli import COMMANDS, Lazy, app
 from hakobune.keys import RecipientPrivateKey
-from hakobune.provision import provision_local
+from hakobune.provision import LocalWorld, provision_local
 from hakobune.synth import advance, generate
 
 runner = CliRunner()
@@ -99,11 +99,10 @@ class _NoProcesses:
         raise AssertionError("a small day must be read in the sync's own process")
 
 
-def test_a_small_day_is_read_without_reader_processes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _hospital(tmp_path: Path, *, patients: int, days: int, seed: int) -> tuple[Path, LocalWorld]:
+    """A synthetic hospital with a journal and a local (file://) center, provisioned."""
     home = tmp_path / "hospital"
-    generate(home, patients=40, days=5, seed=3, workers=1)
+    generate(home, patients=patients, days=days, seed=seed, workers=1)
     world = provision_local(
         hospital="H1",
         ssmix2=home / "ssmix2",
@@ -112,6 +111,13 @@ def test_a_small_day_is_read_without_reader_processes(
         release=RecipientPrivateKey.generate().public,
         journal=home / "journal",
     )
+    return home, world
+
+
+def test_a_small_day_is_read_without_reader_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, world = _hospital(tmp_path, patients=40, days=5, seed=3)
     sync = ["agent", "sync", "--json", "--no-ship", "--home", str(world.agent.home)]
     assert runner.invoke(app, sync).exit_code == 0  # the baseline (reader processes allowed)
     day = advance(home, 1)
@@ -127,16 +133,7 @@ def test_a_small_day_is_read_without_reader_processes(
 def test_a_json_daily_sync_loads_neither_sqlalchemy_nor_rich(tmp_path: Path) -> None:
     """The daily sync's memory budget (issue 3: < 64 MB peak): the state database is on the stdlib
     sqlite3, output that is only JSON needs no rich, and a file:// center needs no SSH."""
-    home = tmp_path / "hospital"
-    generate(home, patients=20, days=3, seed=5, workers=1)
-    world = provision_local(
-        hospital="H1",
-        ssmix2=home / "ssmix2",
-        center_home=tmp_path / "center",
-        agent_home=tmp_path / "agent",
-        release=RecipientPrivateKey.generate().public,
-        journal=home / "journal",
-    )
+    _, world = _hospital(tmp_path, patients=20, days=3, seed=5)
     loaded = _modules_loaded_by("agent", "sync", "--json", "--home", str(world.agent.home))
     assert "agent" in loaded and "zstandard" in loaded  # it did run the sync
     assert not loaded & {"sqlalchemy", "rich", "paramiko", "invoke", "asyncio", *HEAVY}, sorted(loaded)
