@@ -31,7 +31,8 @@ from agent.consent import ConsentSnapshot
 from agent.deidentify import Pseudonymizer, birth_of, deidentify
 from agent.ledger import PatientKey, patient_key
 from agent.ssmix2.layout import BadName, FoundFile, iter_patient_dirs, parse_name
-from agent.ssmix2.reader import Status, cycle_collection_paused, read_found
+from agent.ssmix2.reader import Status, read_found
+from hakobune.parallel import cycle_collection_paused
 from hakobune.records import Record, encode, hash_encoded
 from hakobune.sealed import ChangesetWriter
 

@@ -1,11 +1,14 @@
-"""Ordered, bounded parallel map over worker processes: the one place that pattern lives."""
+"""Ordered, bounded parallel map over worker processes: the one place that pattern lives; and the pause
+of the cyclic garbage collector that batches of worker output share."""
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import TypeVar
 
 A = TypeVar("A")
@@ -47,3 +50,22 @@ def ordered_map(
         while window:
             head = window.popleft()
             yield head.result() if isinstance(head, Future) else head
+
+
+@contextmanager
+def cycle_collection_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while one bounded batch of acyclic objects is built.
+
+    Records and bundles hold only strings, numbers, dicts, lists and other records, so they never form
+    cycles; but a batch keeps many of them alive until it is returned, and every automatic collection walks
+    them all again (~20% of the SS-MIX2 reader's CPU time, ~4% of a bundle's instructions).  Reference
+    counting still frees everything as usual; a cycle made meanwhile waits for the next collection after
+    the batch.  Nested use is harmless: only the outermost pause turns the collector back on."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

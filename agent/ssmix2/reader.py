@@ -8,10 +8,8 @@ bounded batches, so memory stays flat however many files the hospital holds.
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
@@ -31,7 +29,7 @@ from agent.ssmix2.layout import (
 from agent.ssmix2.mapping import MissingSegment, to_records
 from agent.ssmix2.message import parse
 from hakobune.errors import UnreadableMessage
-from hakobune.parallel import ordered_map
+from hakobune.parallel import cycle_collection_paused, ordered_map
 from hakobune.records import Record
 
 T = TypeVar("T")
@@ -194,7 +192,7 @@ def read_patients(root: str, patient_rels: list[str]) -> list[FileOutcome]:
     The batch is read in two passes: first every folder is listed and every file read (system calls
     only), then the bytes are parsed.  Interleaving the two costs ~20% more user time per file here: each
     system call leaves the caches and branch predictors colder for the parser that follows.  The cyclic
-    garbage collector is paused meanwhile (see :func:`cycle_collection_paused`)."""
+    garbage collector is paused meanwhile (:func:`hakobune.parallel.cycle_collection_paused`)."""
     fetched: list[tuple[FileOutcome, SsmixName | None, bytes | None]] = []
     for rel in patient_rels:
         try:
@@ -212,24 +210,6 @@ def read_patients(root: str, patient_rels: list[str]) -> list[FileOutcome]:
             )
     with cycle_collection_paused():
         return [_finish(*item) for item in fetched]
-
-
-@contextmanager
-def cycle_collection_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for one bounded batch of reading.
-
-    Records hold only strings and other records, so they never form cycles; but a batch keeps hundreds of
-    thousands of them alive until it is returned, and every automatic collection walks them all again:
-    ~20% of the reader's CPU time.  Reference counting still frees everything as usual; a cycle made
-    meanwhile (there should be none) waits for the next collection after the batch."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _batches(root: str, batch: int) -> Iterator[list[str] | FileOutcome]:
