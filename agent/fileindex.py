@@ -236,7 +236,7 @@ class FileIndex:
 
     def __init__(self, db: StateDB) -> None:
         self._db = db
-        with self._raw() as conn:
+        with self._db.connection() as conn:
             conn.execute("INSERT OR IGNORE INTO scan_state (id, files, pending_status) VALUES (1, 0, 'none')")
 
     # -- reading the state
@@ -245,7 +245,7 @@ class FileIndex:
         return self.state().files
 
     def state(self) -> IndexState:
-        with self._raw() as conn:
+        with self._db.connection() as conn:
             row = conn.execute(
                 "SELECT files, journal_file, journal_offset, last_walk_at, last_verify_at, last_commit_at,"
                 " pending_status, pending_mode FROM scan_state WHERE id = 1"
@@ -278,7 +278,7 @@ class FileIndex:
         token = uuid.uuid4().hex
         counts = _Counts()
         journal_stats = (0, 0, 0, 0)
-        with self._raw() as w:
+        with self._db.connection() as w:
             self._begin_pending(w, token, chosen, started_at)
             writer = _PendingWriter(w, token, self._db.path)
             end: JournalPosition | None
@@ -325,7 +325,7 @@ class FileIndex:
             return cast(ScanMode, mode), "requested", None
         if mode not in ("auto", "journal"):
             raise ValueError(f"unknown scan mode {mode!r}")
-        with self._raw() as conn:
+        with self._db.connection() as conn:
             row = conn.execute(
                 "SELECT files, last_walk_at, journal_file, journal_offset, reread_file, reread_offset"
                 " FROM scan_state WHERE id = 1"
@@ -370,7 +370,7 @@ class FileIndex:
         counts: _Counts,
         progress: Progress | None,
     ) -> None:
-        with self._raw() as r:
+        with self._db.connection() as r:
             r.execute("CREATE TEMP TABLE IF NOT EXISTS fi_dirty (dir TEXT PRIMARY KEY) WITHOUT ROWID")
             r.execute("DELETE FROM temp.fi_dirty")
             try:
@@ -413,7 +413,7 @@ class FileIndex:
     ) -> None:
         # A first scan stats every file anyway: let the listing threads do it.
         stat_all = verify or before == 0
-        with self._raw() as r:
+        with self._db.connection() as r:
             r.execute("BEGIN")  # one read snapshot of the index for the whole merge
             try:
                 cur = r.execute("SELECT relpath, size, mtime_ns FROM file_index ORDER BY relpath")
@@ -468,7 +468,7 @@ class FileIndex:
 
     def iter_changed_dirs(self) -> Iterator[DirChange]:
         """The pending changes grouped by leaf folder, in leaf-folder order (streamed)."""
-        with self._raw() as r:
+        with self._db.connection() as r:
             (status,) = r.execute("SELECT pending_status FROM scan_state WHERE id = 1").fetchone()
             if status != "ready":
                 raise ScanError(
@@ -548,7 +548,7 @@ class FileIndex:
 
     def discard(self) -> None:
         """Drop the pending changes (the next scan finds them again)."""
-        with self._raw() as w:
+        with self._db.connection() as w:
             w.execute("BEGIN IMMEDIATE")
             try:
                 w.execute("DELETE FROM pending_change")
@@ -557,10 +557,6 @@ class FileIndex:
             except BaseException:
                 w.execute("ROLLBACK")
                 raise
-
-    def _raw(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """A connection of its own (autocommit: transactions are explicit) for bulk reads and writes."""
-        return self._db.connection()
 
 
 # ----------------------------------------------------------------------------------------------- helpers
