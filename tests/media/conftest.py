@@ -4,7 +4,8 @@ a restore folder.  Built once for tests/media (small: 24 patients)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import errno
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from hakobune.custody import ceremony, load_policy, parse_group_spec
 from hakobune.keys import RecipientPrivateKey, SigningKey, load_signing_key, write_key
 from hakobune.provision import provision_local
 from hakobune.synth import SSMIX2_DIR, generate
+from media.volumes import AlignedWriter
 from restore.commands.restore import gather_shares, run_unlock
 from restore.orders import approve, create_order, write_order
 
@@ -26,6 +28,23 @@ HOSPITAL = "1310000009"
 PASSPHRASES = {"director": "director-pass"}
 #: A lower PBKDF2 count keeps the tests quick; the format accepts it (>= 100k), the CLI always uses 600k.
 TEST_ITERATIONS = 100_000
+
+
+def fail_disk_writes_after(monkeypatch: pytest.MonkeyPatch, good: int) -> Callable[[], int]:
+    """Make the disk refuse (ENOSPC) every direct write after the first ``good`` ones; returns how many
+    writes were attempted so far."""
+    real = AlignedWriter._write_all
+    calls = 0
+
+    def full_disk(self: AlignedWriter, views: list[memoryview], offset: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > good:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, views, offset)
+
+    monkeypatch.setattr(AlignedWriter, "_write_all", full_disk)
+    return lambda: calls
 
 
 def viewer_available() -> bool:

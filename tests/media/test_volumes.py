@@ -4,7 +4,6 @@ order, none larger than the part size, each volume filled before the next, and t
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import itertools
 import mmap
@@ -15,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.volumes import WRITE_BUFFER, AlignedWriter, Layout, PartWriter, file_sha256
+from media.volumes import WRITE_BUFFER, Layout, PartWriter, file_sha256
+from tests.media.conftest import fail_disk_writes_after
 
 
 def _write(root: Path, pieces: list[bytes], *, part_size: int, room: int | None, direct: bool) -> PartWriter:
@@ -80,24 +80,14 @@ def test_an_aborted_part_leaves_nothing(tmp_path: Path) -> None:
 def test_a_failed_write_on_the_io_thread_surfaces_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = AlignedWriter._write_all
-    calls = 0
-
-    def full_disk(self: AlignedWriter, views: list[memoryview], offset: int) -> None:
-        nonlocal calls
-        calls += 1
-        if calls > 1:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(self, views, offset)
-
-    monkeypatch.setattr(AlignedWriter, "_write_all", full_disk)
+    attempts = fail_disk_writes_after(monkeypatch, 1)
     w = PartWriter(Layout(tmp_path, multi=False), "x", part_size=1 << 30, volume_room=None)
     with pytest.raises(OSError, match="No space"):
         for _ in range(8):
             w.write(bytes(WRITE_BUFFER))
         w.close()
     w.abort()
-    assert calls >= 2
+    assert attempts() >= 2
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 

@@ -4,7 +4,6 @@ the manifest, ``media open`` still refuses a payload changed after verification 
 
 from __future__ import annotations
 
-import errno
 import itertools
 import mmap
 import os
@@ -21,9 +20,8 @@ from media.crypto import new_disk_key, subkey, wrap_to_passphrase, wrap_to_recip
 from media.manifest import MANIFEST_NAME, PAYLOAD_NAME, Manifest, parse_manifest
 from media.open import _decrypt
 from media.stream import StreamError, ciphertext_size, decrypt_chunks
-from media.volumes import AlignedWriter
 from media.write import DiskInfo, DiskWriter, new_disk_id
-from tests.media.conftest import TEST_ITERATIONS
+from tests.media.conftest import TEST_ITERATIONS, fail_disk_writes_after
 
 SEGMENT = 256
 PART = 3000
@@ -132,17 +130,7 @@ def test_a_failed_disk_write_reaches_the_caller_and_leaves_nothing(
 ) -> None:
     """The disk refusing a write on the I/O thread (segments of 4 KiB sealed: written from where they
     were sealed, in batches) stops the writer with that error, and abort leaves nothing."""
-    real = AlignedWriter._write_all
-    calls = 0
-
-    def full_disk(self: AlignedWriter, views: list[memoryview], offset: int) -> None:
-        nonlocal calls
-        calls += 1
-        if calls > 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(self, views, offset)
-
-    monkeypatch.setattr(AlignedWriter, "_write_all", full_disk)
+    attempts = fail_disk_writes_after(monkeypatch, 2)
     disk_key = new_disk_key()
     w = DiskWriter(tmp_path / "d", _info(disk_key), disk_key, segment_size=4096 - 16)
     with pytest.raises(OSError, match="No space"):
@@ -150,7 +138,7 @@ def test_a_failed_disk_write_reaches_the_caller_and_leaves_nothing(
             w.add_ndjson(b"x" * 4000 + b"\n")
         w.finish(KEY)
     w.abort()
-    assert calls > 2
+    assert attempts() > 2
     assert not (tmp_path / "d").exists()
 
 
