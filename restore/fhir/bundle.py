@@ -192,20 +192,59 @@ def _lab_day(e: bytes) -> str:
     return f"{d[:4].decode()}-{d[4:6].decode()}-{d[6:8].decode()}"
 
 
+_ENCODED_CODE = b',"code":{'
+_ENCODED_VALUE_TYPE = b',"value_type":'
+
+
+def _lab_code(e: bytes) -> bytes:
+    """A lab result's test code as its encoding holds it (the ``code`` object's bytes: equal bytes, equal
+    code, system and display), or b"" when not found.  The key before it holds strings only and a quote
+    inside a value is escaped, so the first ``,"code":{`` is the result's code."""
+    at = e.find(_ENCODED_CODE)
+    end = e.find(_ENCODED_VALUE_TYPE, at)
+    return e[at:end] if at >= 0 and end >= 0 else b""
+
+
 def in_window(encoded: Iterable[bytes], *, as_of: date, window: ExportWindow) -> list[bytes]:
-    """The record encodings (:func:`hakobune.records.encode`) a bundle can use: lab results outside the
-    lab window are dropped before anyone pays for decoding them.  The day rule is the builder's
-    (observation time, else care date), so the bundle is the same with or without this step."""
+    """The record encodings (:func:`hakobune.records.encode`) a bundle can use, in the order given: lab
+    results outside the lab window are dropped before anyone pays for decoding them, and so are those that
+    cannot be among the ``max_labs_per_code`` most recent of their test.  The day rule is the builder's
+    (observation time, else care date), so the bundle is the same with or without this step.
+
+    Per code, a result is kept when its day is no earlier than the n-th latest day of that code: every
+    result the builder keeps (the n latest by day, time and key) is among them.  Codes are compared as
+    their encodings (code, display and system alike), which never groups two of the builder's codes
+    together, so none of its n latest can be pushed out by another code's results."""
     end = as_of.isoformat()
     cut = _cuts(end, window)[2]
+    keep_n = window.max_labs_per_code
     out: list[bytes] = []
+    days: dict[bytes, list[str]] = {}
+    labs: list[tuple[int, str, bytes]] = []  # (position in out, day, code) of each lab result kept so far
     for e in encoded:
         if e.startswith(_LAB_ENCODING):
             day = _lab_day(e)
             if not day or day > end or day < cut:
                 continue
+            if keep_n:
+                code = _lab_code(e)
+                if code:
+                    labs.append((len(out), day, code))
+                    found = days.get(code)
+                    if found is None:
+                        days[code] = [day]
+                    else:
+                        found.append(day)
         out.append(e)
-    return out
+    if not any(len(d) > keep_n for d in days.values()):
+        return out
+    floor = {}
+    for code, d in days.items():
+        if len(d) > keep_n:
+            d.sort(reverse=True)
+            floor[code] = d[keep_n - 1]
+    drop = {i for i, day, code in labs if day < floor.get(code, "")}
+    return [e for i, e in enumerate(out) if i not in drop]
 
 
 def _care_day(key: Json) -> str:
@@ -342,7 +381,7 @@ Section = Literal["problems", "medications", "allergies", "results"]
 
 
 #: A section entry: (sort key, fullUrl, resource, narrative line).
-_Item = tuple[tuple[Any, ...], str, Json, str]
+_Item = tuple[tuple[Any, ...], str, "Json | orjson.Fragment", str]
 
 
 def _key_text(k: Json) -> str:
@@ -400,7 +439,9 @@ class _Builder:
         """:meth:`add` with the whole sort key given."""
         u = make_id(f"{self.hospital}|{kind}|{ks}")
         res["id"] = u
-        item = (sort, "urn:uuid:" + u, res, line)
+        self.put_item(section, (sort, "urn:uuid:" + u, res, line))
+
+    def put_item(self, section: Section, item: _Item) -> None:
         items = self.sections.get(section)
         if items is None:
             self.sections[section] = [item]
@@ -891,27 +932,28 @@ class _Builder:
             lab["flag"],
             lab["reference_range"],
         )
-        parts: _LabParts = _parts(self.shared, key, _lab_parts)
-        meta, status, category, concept, value, interpretation, reference_range, tail = parts
         observed_at = lab["observed_at"]
-        res: Json = {
-            "resourceType": "Observation",
-            "meta": meta,
-            "identifier": [{"system": cs.RESOURCE_INSTANCE, "value": self.instance_prefix + ks}],
-            "status": status,
-            "category": category,
-            "code": concept,
-            "subject": {"reference": self.patient_url},
-            "effectiveDateTime": (fhir_datetime(observed_at) if observed_at else None) or day,
-        }
-        if value is not None:
-            res[value[0]] = value[1]
-        if interpretation is not None:
-            res["interpretation"] = interpretation
-        res["specimen"] = {"reference": self.specimen(lab)}
-        if reference_range is not None:
-            res["referenceRange"] = reference_range
-        self.put("results", (day, order[2], ks), "Observation", ks, res, f"{day} {tail}")
+        effective = (fhir_datetime(observed_at) if observed_at else None) or day
+        specimen = self.specimen(lab)
+        instance = self.instance_prefix + ks
+        if self.shared is None:
+            parts = _lab_parts(*key)
+            res = _observation(parts, instance, self.patient_url, effective, specimen)
+            self.put("results", (day, order[2], ks), "Observation", ks, res, f"{day} {parts[-1]}")
+            return
+        parts, template = _parts(self.shared, key, _shared_lab_parts)
+        if template is None:  # (a value that holds a hole's marker)
+            res = _observation(parts, instance, self.patient_url, effective, specimen)
+            self.put("results", (day, order[2], ks), "Observation", ks, res, f"{day} {parts[-1]}")
+            return
+        u = make_id(f"{self.hospital}|Observation|{ks}")
+        item = (
+            (day, order[2], ks),
+            "urn:uuid:" + u,
+            template.fill(instance, self.patient_url, effective, specimen, u),
+            f"{day} {parts[-1]}",
+        )
+        self.put_item("results", item)
 
     def labs(self, labs: list[Json]) -> None:
         """The most recent results of each test code in the lab window, newest first: observation day,
@@ -1106,6 +1148,78 @@ def _lab_parts(
         reference_range,
         tail,
     )
+
+
+def _observation(parts: _LabParts, instance: str, patient_url: str, effective: str, specimen: str) -> Json:
+    """A lab result's Observation (without its id) from its shared parts and what is its own."""
+    meta, status, category, concept, value, interpretation, reference_range, _ = parts
+    res: Json = {
+        "resourceType": "Observation",
+        "meta": meta,
+        "identifier": [{"system": cs.RESOURCE_INSTANCE, "value": instance}],
+        "status": status,
+        "category": category,
+        "code": concept,
+        "subject": {"reference": patient_url},
+        "effectiveDateTime": effective,
+    }
+    if value is not None:
+        res[value[0]] = value[1]
+    if interpretation is not None:
+        res["interpretation"] = interpretation
+    res["specimen"] = {"reference": specimen}
+    if reference_range is not None:
+        res["referenceRange"] = reference_range
+    return res
+
+
+def _shared_lab_parts(*key: str) -> tuple[_LabParts, _Template | None]:
+    """:func:`_lab_parts` and the serialized Observation of these parts with holes for instance,
+    subject, effective time, specimen and id (in the order :meth:`_Builder.lab` fills them); no template
+    when a value of the parts holds a hole's marker."""
+    parts = _lab_parts(*key)
+    res = _observation(parts, *_HOLES[:4])
+    res["id"] = _HOLES[4]
+    try:
+        return parts, _Template(res, 5)
+    except ValueError:
+        return parts, None
+
+
+#: Markers of the holes of a :class:`_Template` (text no record is expected to hold; a template checks
+#: that each is found exactly once, in order).
+_HOLES = tuple(f"\0hakobune-hole-{i}\0" for i in range(8))
+
+
+class _Template:
+    """A resource serialized once with holes for the text values that differ between resources of the
+    same shape.  :meth:`fill` joins the pieces and the JSON of the values: the bytes :func:`dumps` gives
+    for the resource with those values, made without building or serializing its dicts again."""
+
+    __slots__ = ("_holes", "_pieces")
+
+    def __init__(self, res: Json, holes: int) -> None:
+        data = dumps(res)
+        pieces: list[bytes] = []
+        at = 0
+        for hole in _HOLES[:holes]:
+            marker = orjson.dumps(hole)
+            found = data.find(marker, at)
+            if found < 0 or data.find(marker, found + len(marker)) >= 0:
+                raise ValueError("a template's hole is missing, repeated or out of order")
+            pieces.append(data[at:found])
+            at = found + len(marker)
+        pieces.append(data[at:])
+        self._pieces = pieces
+        self._holes = holes
+
+    def fill(self, *values: str) -> orjson.Fragment:
+        if len(values) != self._holes:
+            raise ValueError(f"a template with {self._holes} holes given {len(values)} values")
+        out: list[bytes] = [b""] * (2 * self._holes + 1)
+        out[0::2] = self._pieces
+        out[1::2] = map(orjson.dumps, values)
+        return orjson.Fragment(b"".join(out))
 
 
 def _record_id(k: Json) -> _RecordId:

@@ -12,6 +12,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -40,7 +41,7 @@ from restore.fhir import ExportWindow, NdjsonWriter, dumps, patient_bundle, tran
 from restore.fhir import bundle as bundle_module
 from restore.fhir import codesystems as cs
 from restore.fhir import hospital_bundles as hospital_bundles_of
-from restore.fhir.bundle import encoded_bundle, make_id, serialized_bundle
+from restore.fhir.bundle import encoded_bundle, in_window, make_id, serialized_bundle
 from restore.fhir.conformance import Packages, check_bundle, structure_problems
 from tests.conftest import make_message, ssmix_relpath, write_message
 from tests.pipeline import expected_state
@@ -532,6 +533,66 @@ def test_window_labs_recent_and_limited_per_code(packages: Packages) -> None:
     assert len(resources(everything, "Observation")) == 6
     results = section(bundle, "30954-2")
     assert results is not None and len(results["entry"]) == 4
+
+
+def _export_path_bytes(records: list[Record], window: ExportWindow) -> tuple[bytes, bytes]:
+    """(the export's serialized bundle, dumps of the bundle built from record objects)."""
+    args: dict[str, Any] = {"hospital": HOSPITAL, "as_of": date(2025, 4, 30), "window": window}
+    data, _ = serialized_bundle(PATIENT, [encode(r) for r in records], generated_at=GENERATED, **args)
+    return data, dumps(patient_bundle(PATIENT, records, generated_at=GENERATED, **args))
+
+
+def _glucose(day: str, time: str = "10:00", item: str = "1.1", display: str = "グルコース") -> LabResult:
+    lab = _lab(day.replace("-", ""), f"{day}T{time}", "7.0", item=item)
+    return replace(lab, code=Coding("3D010000001926101", display, "JC10"))
+
+
+#: Lab histories where dropping encodings early could go wrong: the latest n on different days; ties on
+#: the n-th day (time and item number decide); one code written with two displays (two groups of
+#: encodings, one for the builder); another code whose results are all older than the first's.
+_LAB_HISTORIES = {
+    "days": [_glucose(f"2025-0{m}-01") for m in (1, 2, 3, 4)],
+    "ties": [
+        _glucose("2025-04-01"),
+        *(_glucose("2025-04-02", t, i) for t, i in (("09:00", "1.1"), ("09:00", "1.10"), ("08:00", "1.2"))),
+    ],
+    "displays": [_glucose("2025-03-01"), _glucose("2025-04-01"), _glucose("2025-04-03", display="血糖")],
+    "codes": [
+        *(_glucose(f"2025-04-0{d}") for d in (1, 2, 3, 4)),
+        _lab("20250315", "2025-03-15T10:00", "5.5", code="3A016000002327101"),
+    ],
+}
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3])
+@pytest.mark.parametrize("history", sorted(_LAB_HISTORIES))
+def test_labs_that_cannot_be_among_the_latest_of_their_code_are_dropped_before_decoding(
+    keep: int, history: str
+) -> None:
+    """Per code, results older than the n-th latest day are dropped from the encodings before they are
+    decoded; the bundle is the one built from every record."""
+    records: list[Record] = list(_LAB_HISTORIES[history])
+    window = ExportWindow(max_labs_per_code=keep)
+    kept = in_window([encode(r) for r in records], as_of=date(2025, 4, 30), window=window)
+    assert len(kept) >= min(keep, len(records))
+    data, expected = _export_path_bytes(records, window)
+    assert data == expected
+    if history == "days":
+        assert len(kept) == keep
+
+
+def test_a_lab_value_that_holds_a_template_marker_is_serialized_as_it_is() -> None:
+    """The export serializes lab results through templates with marked holes; a value that happens to
+    hold a marker gets no template and the same bytes."""
+    marker = bundle_module._HOLES[0]
+    records: list[Record] = [
+        _lab("20250401", "2025-04-01T10:00", marker),
+        replace(_lab("20250402", "2025-04-02T10:00", "5.0"), unit=bundle_module._HOLES[3]),
+    ]
+    data, expected = _export_path_bytes(records, ExportWindow())
+    assert data == expected
+    values = [e["resource"].get("valueString") for e in json.loads(data)["entry"]]
+    assert marker in values
 
 
 def test_items_of_a_day_sort_by_item_number_not_text() -> None:
