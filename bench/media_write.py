@@ -1,6 +1,7 @@
 """Helicopter-disk throughput for a large release: write and verify against ``cp`` of the same bytes.
 
     python bench/media_write.py [--patients 100000] [--runs 3] [--out DIR] [--skip-whole]
+                                [--whole-only] [--as-of YYYY-MM-DD | --as-of data]
 
 Uses the cached synthetic hospital and restore folder of bench/restore_export.py (built the same way if
 missing) and measures, each with peak RSS (1, 2: this process's high-water mark; 3: with its children):
@@ -12,8 +13,10 @@ missing) and measures, each with peak RSS (1, 2: this process's high-water mark;
    over, the bundles split into objects before the clock starts), (1b) without and (1c) with the
    offline viewer (``media write`` writes it unless ``--no-viewer``), each against the same ``cp``;
 2. ``media verify`` of that disk (signature, every file's SHA-256) against the same ``cp``;
-3. the whole ``media write`` path: bundles built from the restore database (process pool), the disk
-   writer and the offline viewer.
+3. the whole ``media write`` path: bundles built from the restore database (process pool, each bundle
+   summarized for the viewer where it is built), the disk writer and the offline viewer; ``--as-of``
+   as in bench/restore_export.py (``data``: the synthetic data's last day, full summaries), and, for
+   comparison, the same with the viewer summarizing the bundles' bytes itself.
 
 Best of ``--runs`` for ``cp``, 1 and 2 (the machine is shared; the best run is the least disturbed one);
 ``cp`` and the writer take turns, so that both meet the same load (1 is also given turn by turn: each
@@ -34,7 +37,7 @@ import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -251,8 +254,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=CACHE / "media-bench", help="Scratch folder (same disk).")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--skip-whole", action="store_true", help="Skip (3), the whole media write.")
+    ap.add_argument("--whole-only", action="store_true", help="Only (3), the whole media write.")
+    ap.add_argument("--as-of", default="", help="(3): YYYY-MM-DD, or 'data' for the data's last day")
     args = ap.parse_args()
     restore = restore_folder(args.patients)
+    if args.whole_only:
+        scratch = args.out
+        shutil.rmtree(scratch, ignore_errors=True)
+        whole(restore, scratch / "full", SigningKey.generate(), args.workers, _as_of(args))
+        shutil.rmtree(scratch)
+        return
     ndjson = bundles_ndjson(restore, args.patients)
     size = ndjson.stat().st_size
     scratch: Path = args.out
@@ -315,35 +326,53 @@ def main() -> None:
     )
     shutil.rmtree(disk)
     if not args.skip_whole:
-        whole(restore, scratch / "full", key, args.workers)
+        whole(restore, scratch / "full", key, args.workers, _as_of(args))
     shutil.rmtree(scratch)
     print(f"load average at the end: {load()} (other work shares these cores: figures vary between runs)")
 
 
-def whole(restore: Path, out: Path, key: SigningKey, workers: int) -> None:
-    """(3): bundles built from the restore database, the disk writer and the viewer."""
+def _as_of(args: argparse.Namespace) -> date | None:
+    if args.as_of == "data":
+        from hakobune.synth import read_meta
+
+        meta = read_meta(CACHE / f"restore-{args.patients}" / "hospital")
+        return date.fromisoformat(str(meta["last_date"]))
+    return date.fromisoformat(args.as_of) if args.as_of else None
+
+
+def whole(restore: Path, out: Path, key: SigningKey, workers: int, as_of: date | None) -> None:
+    """(3): bundles built from the restore database, the disk writer and the viewer, as ``media write``
+    does it (summaries made where the bundles are built), then with the viewer parsing each bundle."""
+    from media.viewer_summary import summarize
     from restore.database import RestoreDB
     from restore.export import BundleExporter
 
-    disk_key = new_disk_key()
-    info = disk_info(disk_key)
-    with PeakRSS() as rss3:
-        t0 = time.perf_counter()
-        writer = DiskWriter(out, info, disk_key, viewer=viewer_factory(info, disk_key))
-        with (
-            RestoreDB.open(restore) as db,
-            BundleExporter(hospital=HOSPITAL, workers=workers, sink=writer.add) as exporter,
-        ):
-            for row in db.patients():
-                exporter.write(row)
-        result = writer.finish(key)
-        s = time.perf_counter() - t0
-    print(
-        f"(3) whole media write (bundles in a process pool, disk, viewer): {result.patients:,} patients, "
-        f"{mb(result.disk_bytes)} on disk ({result.files} files) in {s:.1f} s, "
-        f"{result.patients / s:,.0f} patients/s; peak RSS {mb(rss3.peak_total)} (all processes), "
-        f"{mb(rss3.peak_single)} largest process"
-    )
+    for label, summarizer in (("summaries made with the bundles", summarize), ("viewer parses", None)):
+        disk_key = new_disk_key()
+        info = disk_info(disk_key)
+        c0, k0 = cpu_seconds(), cpu_seconds(resource.RUSAGE_CHILDREN)
+        with PeakRSS() as rss3:
+            t0 = time.perf_counter()
+            writer = DiskWriter(out, info, disk_key, viewer=viewer_factory(info, disk_key))
+            with (
+                RestoreDB.open(restore) as db,
+                BundleExporter(
+                    hospital=HOSPITAL, workers=workers, sink=writer.add, as_of=as_of, summarize=summarizer
+                ) as exporter,
+            ):
+                for patient_id, records in db.stored():
+                    exporter.write_stored(patient_id, records)
+            result = writer.finish(key)
+            s = time.perf_counter() - t0
+        main, workers_cpu = cpu_seconds() - c0, cpu_seconds(resource.RUSAGE_CHILDREN) - k0
+        print(
+            f"(3) whole media write, as of {as_of or 'today'}, {label}: {result.patients:,} patients, "
+            f"{mb(result.disk_bytes)} on disk ({result.files} files) in {s:.1f} s, "
+            f"{result.patients / s:,.0f} patients/s; CPU {main:.0f} s here + {workers_cpu:.0f} s in the "
+            f"workers; peak RSS {mb(rss3.peak_total)} (all processes), {mb(rss3.peak_single)} largest "
+            f"process (load {load()})"
+        )
+        shutil.rmtree(out)
 
 
 if __name__ == "__main__":

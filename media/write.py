@@ -63,6 +63,7 @@ from media.manifest import (
     sign,
 )
 from media.stream import SEGMENT_SIZE, TAG_BYTES, SegmentSealer, check_segment_size
+from media.viewer_summary import summarize
 from media.volumes import (
     BAG_MANIFEST,
     BAGIT,
@@ -96,7 +97,7 @@ from restore.orders import ReleaseOrder, load_order, validate_order
 class Viewer(Protocol):
     """What the disk writer needs of the offline viewer (media.viewer.ViewerWriter)."""
 
-    def add(self, patient_id: str, bundle: bytes) -> None: ...
+    def add(self, patient_id: str, bundle: bytes, summary: Any = None) -> None: ...
     def close(self) -> list[str]: ...
     def abort(self) -> None: ...
 
@@ -408,13 +409,15 @@ class DiskWriter:
             self.abort()
             raise
 
-    def add(self, patient_id: str, bundle: bytes) -> None:
-        """One patient's serialized document Bundle (a line of ``bundles.ndjson``)."""
+    def add(self, patient_id: str, bundle: bytes, summary: Any = None) -> None:
+        """One patient's serialized document Bundle (a line of ``bundles.ndjson``), and the viewer's
+        summary of it when it was made where the bundle was built (restore.export with ``summarize``;
+        else the viewer parses the bundle)."""
         if self._open_line:
             raise ValueError("add: add_ndjson left a line unfinished")
         self._pipeline.line(bundle.replace(b"\n", b"") if b"\n" in bundle else bundle)
         if self._viewer is not None:
-            self._viewer.add(patient_id, bundle)
+            self._viewer.add(patient_id, bundle, summary)
         self.patients += 1
 
     def add_ndjson(self, data: bytes | bytearray | mmap.mmap) -> None:
@@ -782,11 +785,12 @@ def write_release(
                     workers=workers,
                     sink=disk.add,
                     generated_at=moment,
+                    summarize=summarize if viewer else None,
                 )
                 with exporter, progress(show_progress) as bar:
                     task = bar.add_task("writing disk", total=db.count(), rate="")
-                    for row in db.patients():
-                        exporter.write(row)
+                    for patient_id, records in db.stored():
+                        exporter.write_stored(patient_id, records)
                         bar.advance(task)
                 result = disk.finish(signing_key)
             except BaseException:

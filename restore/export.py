@@ -34,7 +34,7 @@ from hakobune.errors import InputError
 from hakobune.parallel import cycle_collection_paused, resolve_workers
 from restore.database import PatientRow, stored_row
 from restore.fhir import ExportWindow
-from restore.fhir.bundle import serialized_bundle
+from restore.fhir.bundle import Json, dumps, encoded_bundle, serialized_bundle
 
 #: Patient IDs become file names: only these characters are allowed (SS-MIX2 IDs are alphanumeric).
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -51,13 +51,17 @@ class _Settings:
     folder: Path | None = None
     #: Whether the serialized bundle is needed back (an NDJSON file or a sink): else only its size.
     keep: bool = True
+    #: Made from each bundle where it is built and handed to the sink with it (the offline viewer's
+    #: summary: no one parses the bundle again); a module-level function, since workers get it pickled.
+    summarize: Callable[[Json], Any] | None = None
 
 
 #: A patient to export: a row, or a row as a restore database stores it (ID and compressed records), which
 #: a worker process unpacks itself (less to pickle, less work in the main process).
 Work = PatientRow | tuple[str, bytes]
-#: A built bundle: its bytes (empty unless wanted back), size and number of entries.
-Built = tuple[bytes, int, int]
+#: A built bundle: its bytes (empty unless wanted back), size, number of entries and what
+#: ``summarize`` made of it (None without one, or when it raised ValueError: the sink finds out itself).
+Built = tuple[bytes, int, int, Any]
 
 _dctx: zstandard.ZstdDecompressor | None = None  # one per worker process, made on first use
 
@@ -75,22 +79,30 @@ def _build(settings: _Settings, item: Work) -> Built:
     """One patient's bundle: written to its file when there is a folder, returned when wanted (runs in a
     worker process)."""
     row = _row(item)
-    data, entries = serialized_bundle(
-        row.patient,
-        row.encoded,
-        hospital=settings.hospital,
-        hospital_name=settings.hospital_name,
-        as_of=settings.as_of,
-        window=settings.window,
-        generated_at=settings.generated_at,
-    )
+    args: dict[str, Any] = {
+        "hospital": settings.hospital,
+        "hospital_name": settings.hospital_name,
+        "as_of": settings.as_of,
+        "window": settings.window,
+        "generated_at": settings.generated_at,
+    }
+    summary = None
+    if settings.summarize is None:
+        data, entries = serialized_bundle(row.patient, row.encoded, **args)
+    else:  # the bundle as dicts (the same bytes), which the summary reads
+        bundle = encoded_bundle(row.patient, row.encoded, **args)
+        data, entries = dumps(bundle), len(bundle["entry"])
+        try:
+            summary = settings.summarize(bundle)
+        except ValueError:
+            summary = None
     if settings.folder is not None:
         path = settings.folder / f"{row.patient_id}.json"
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    return (data if settings.keep else b""), len(data), entries
+    return (data if settings.keep else b""), len(data), entries, summary
 
 
 def _build_many(settings: _Settings, items: list[Work]) -> list[Built]:
@@ -137,8 +149,9 @@ class ExportReport:
 
 class BundleExporter:
     """Write each patient handed to :meth:`write` as a bundle file in ``folder``, a line of ``ndjson``
-    and/or a call of ``sink(patient_id, bundle_bytes)`` (in patient order, e.g. an encrypted disk).  Use as
-    a context manager; :attr:`report` has the figures."""
+    and/or a call of ``sink(patient_id, bundle_bytes, summary)`` (in patient order, e.g. an encrypted disk;
+    ``summary`` is ``summarize(bundle)``, made where the bundle is built, or None).  Use as a context
+    manager; :attr:`report` has the figures."""
 
     def __init__(
         self,
@@ -151,8 +164,9 @@ class BundleExporter:
         window: ExportWindow | None = None,
         started: float | None = None,
         workers: int = 0,
-        sink: Callable[[str, bytes], None] | None = None,
+        sink: Callable[[str, bytes, Any], None] | None = None,
         generated_at: datetime | None = None,
+        summarize: Callable[[Json], Any] | None = None,
     ) -> None:
         if folder is None and ndjson is None and sink is None:
             raise ValueError("nothing to write: give a folder, an NDJSON file or a sink")
@@ -165,6 +179,7 @@ class BundleExporter:
             generated_at,
             folder,
             keep=ndjson is not None or sink is not None,
+            summarize=summarize if sink is not None else None,
         )
         self.folder = folder
         self.sink = sink
@@ -234,11 +249,11 @@ class BundleExporter:
         for patient_id, built in zip(patient_ids, future.result(), strict=True):
             self._emit(patient_id, *built)
 
-    def _emit(self, patient_id: str, data: bytes, size: int, entries: int) -> None:
+    def _emit(self, patient_id: str, data: bytes, size: int, entries: int, summary: Any) -> None:
         if self._ndjson is not None:
             self._ndjson.write(data.replace(b"\n", b"") + b"\n")
         if self.sink is not None:
-            self.sink(patient_id, data)
+            self.sink(patient_id, data, summary)
         self.report.bundles += 1
         self.report.bytes += size
         self.report.resources += entries

@@ -456,6 +456,41 @@ def test_summary_shows_numbers_as_written_however_the_bundle_is_laid_out(text: s
 
 
 @pytest.mark.parametrize(
+    "text", ["6.70", "6.7", "225", "-0.0", "100.0", "0.00001", "07.5", "<0.5", "＞100", "陰性"]
+)
+def test_the_summary_of_a_bundle_as_built_is_that_of_its_bytes(text: str) -> None:
+    """``media write`` summarizes each bundle where it is built, from its dicts (restore.export's
+    ``summarize``); the viewer summarizes bytes it is given: the two are the same summary."""
+    records = [
+        *full_records(),
+        lab(
+            PID,
+            "20250410",
+            "9.1",
+            "3D010000001926101",
+            "グルコース",
+            text,
+            "mg/dl",
+            "70-109",
+            "H",
+            "2025-04-10T10:00",
+        ),
+    ]
+    built = patient_bundle(
+        patient(),
+        records,
+        hospital=HOSPITAL,
+        hospital_name=HOSPITAL_NAME,
+        as_of=AS_OF,
+        generated_at=GENERATED,
+    )
+    summary = summarize(built)
+    assert summary == summarize(parse_bundle(dumps(built)))
+    shown = "7.5" if text == "07.5" else text.replace("＞", ">")  # (a leading zero is no part of a number)
+    assert shown in [r["value"] for lab in summary["labs"] for r in lab["results"]]
+
+
+@pytest.mark.parametrize(
     ("data", "reason"),
     [
         (b"\xff\xfe not json", "not JSON"),

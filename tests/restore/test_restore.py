@@ -9,6 +9,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -420,6 +421,43 @@ def test_export_workers_write_the_bytes_of_patient_bundle(world: World, tmp_path
     assert exporter.report.bundles == len(rows) > 0
     assert (tmp_path / "all.ndjson").read_bytes().splitlines() == expected
     assert [(tmp_path / "fhir" / f"{r.patient_id}.json").read_bytes() for r in rows] == expected
+
+
+def _entry_types(bundle: dict[str, Any]) -> list[str]:
+    return [e["resource"]["resourceType"] for e in bundle["entry"]]
+
+
+def _refuse(bundle: dict[str, Any]) -> None:
+    raise ValueError("not this one")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_export_hands_the_sink_what_summarize_made_of_each_bundle(
+    world: World, tmp_path: Path, workers: int
+) -> None:
+    """With ``summarize`` (the offline viewer's summary), each bundle is summarized where it is built, from
+    the bundle itself, and the sink gets it with the same bytes as without; a summary that raises
+    ValueError comes as None (the sink then finds out from the bytes)."""
+    generated, as_of = datetime(2025, 4, 7, 9, 0, tzinfo=UTC), date(2025, 4, 6)
+    got: dict[str, list[tuple[str, bytes, Any]]] = {}
+    with RestoreDB.open(_full_restore(world, tmp_path)) as db:
+        for name, summarize in (("plain", None), ("types", _entry_types), ("refused", _refuse)):
+            sink = got.setdefault(name, [])
+            with BundleExporter(
+                hospital=HOSPITAL,
+                as_of=as_of,
+                workers=workers,
+                generated_at=generated,
+                sink=lambda *a, sink=sink: sink.append(a),
+                summarize=summarize,
+            ) as exporter:
+                for patient_id, records in db.stored():
+                    exporter.write_stored(patient_id, records)
+    plain = got["plain"]
+    assert len(plain) > 0 and all(summary is None for *_, summary in plain)
+    assert [(pid, data) for pid, data, _ in got["types"]] == [(pid, data) for pid, data, _ in plain]
+    assert [summary for *_, summary in got["types"]] == [_entry_types(orjson.loads(d)) for _, d, _ in plain]
+    assert [(pid, data, None) for pid, data, _ in plain] == got["refused"]
 
 
 def test_the_passphrase_file_must_be_private_and_well_formed(tmp_path: Path) -> None:
