@@ -1,7 +1,7 @@
 """Helicopter-disk throughput for a large release: write and verify against ``cp`` of the same bytes.
 
     python bench/media_write.py [--patients 100000] [--runs 3] [--out DIR] [--skip-whole]
-                                [--whole-only] [--as-of YYYY-MM-DD | --as-of data]
+                                [--whole-only] [--as-of YYYY-MM-DD | --as-of data] [--compare]
 
 Uses the cached synthetic hospital and restore folder of bench/restore_export.py (built the same way if
 missing) and measures, each with peak RSS (1, 2: this process's high-water mark; 3: with its children):
@@ -10,13 +10,15 @@ missing) and measures, each with peak RSS (1, 2: this process's high-water mark;
    writer's segment buffers): cut, seal, hash, write, fsync, manifest, against ``cp`` of the same file
    plus ``sync`` of the copy, with the CPU time of each of the writer's threads; then fed bundle by
    bundle, as ``media write`` feeds it (``DiskWriter.add`` of each bundle as restore.export hands it
-   over, the bundles split into objects before the clock starts), (1b) without and (1c) with the
-   offline viewer (``media write`` writes it unless ``--no-viewer``), each against the same ``cp``;
+   over, the bundles split into objects before the clock starts), (1b) without the offline viewer,
+   (1c) with it, parsing and summarizing each bundle, and (1d) with it given each bundle's summary, as
+   ``media write`` gives it (made by the export's workers; here before the clock starts), each against
+   the same ``cp`` (``media write`` writes the viewer unless ``--no-viewer``);
 2. ``media verify`` of that disk (signature, every file's SHA-256) against the same ``cp``;
 3. the whole ``media write`` path: bundles built from the restore database (process pool, each bundle
    summarized for the viewer where it is built), the disk writer and the offline viewer; ``--as-of``
-   as in bench/restore_export.py (``data``: the synthetic data's last day, full summaries), and, for
-   comparison, the same with the viewer summarizing the bundles' bytes itself.
+   as in bench/restore_export.py (``data``: the synthetic data's last day, full summaries), and with
+   ``--compare`` the same with the viewer parsing and summarizing the bundles' bytes itself.
 
 Best of ``--runs`` for ``cp``, 1 and 2 (the machine is shared; the best run is the least disturbed one);
 ``cp`` and the writer take turns, so that both meet the same load (1 is also given turn by turn: each
@@ -39,6 +41,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -186,18 +189,24 @@ def write_plain(
     *,
     bundles: list[tuple[str, bytes]] | None = None,
     viewer: bool = False,
+    summaries: list[Any] | None = None,
 ) -> Run:
     """(1): the writer fed the already-built bundles, read from the file straight into its segment
     buffers (``add_ndjson_file``), or given ``bundles``, one by one (``add``, as ``media write`` does;
-    ``viewer``: with the offline viewer, which ``media write`` writes unless ``--no-viewer``)."""
+    ``viewer``: with the offline viewer, which ``media write`` writes unless ``--no-viewer``; with
+    ``summaries``, each bundle's viewer summary comes with it, as restore.export's workers make them)."""
     disk_key = new_disk_key()
     info = disk_info(disk_key)  # PBKDF2 and HPKE are not part of the stream being measured
     t0, c0, m0 = time.perf_counter(), cpu_seconds(), time.thread_time()
     disk = DiskWriter(out, info, disk_key, viewer=viewer_factory(info, disk_key) if viewer else None)
     if bundles is not None:
         add = disk.add
-        for patient_id, bundle in bundles:
-            add(patient_id, bundle)
+        if summaries is None:
+            for patient_id, bundle in bundles:
+                add(patient_id, bundle)
+        else:
+            for (patient_id, bundle), summary in zip(bundles, summaries, strict=True):
+                add(patient_id, bundle, summary)
     else:
         with open(ndjson, "rb", buffering=0) as f:
             disk.add_ndjson_file(f)
@@ -208,32 +217,40 @@ def write_plain(
 
 
 def bundle_by_bundle(ndjson: Path, scratch: Path, key: SigningKey, cp_rate: float, patients: int) -> None:
-    """(1b) and (1c): the bundle-by-bundle feed of ``media write``, without and with the viewer, each
-    right after a ``cp`` (the same load) and against the best ``cp``."""
+    """(1b), (1c) and (1d): the bundle-by-bundle feed of ``media write``, without the viewer, with it
+    (parsing each bundle) and with it given each bundle's summary (as ``media write`` gives it: made by
+    the export's workers), each right after a ``cp`` (the same load) and against the best ``cp``."""
+    from media.viewer_summary import parse_bundle, stored_summary
+
     bundles = bundles_in_memory(ndjson)
-    caller: dict[bool, float] = {}
-    for label, viewer in (
-        ("(1b) bundle by bundle (DiskWriter.add), no viewer", False),
-        ("(1c) bundle by bundle with the offline viewer", True),
+    summaries = [stored_summary(parse_bundle(b)) for _, b in bundles]  # (the workers' part, not the writer's)
+    caller: dict[str, float] = {}
+    for label, viewer, given in (
+        ("(1b) bundle by bundle (DiskWriter.add), no viewer", False, None),
+        ("(1c) bundle by bundle with the offline viewer, which parses each bundle", True, None),
+        ("(1d) bundle by bundle with the viewer, summaries given (media write)", True, summaries),
     ):
         cp_now = ndjson.stat().st_size / cp_seconds(ndjson, scratch / "cp.copy")[0]
-        run = write_plain(ndjson, scratch / "disk-bundles", key, bundles=bundles, viewer=viewer)
+        run = write_plain(
+            ndjson, scratch / "disk-bundles", key, bundles=bundles, viewer=viewer, summaries=given
+        )
         shutil.rmtree(scratch / "disk-bundles")
         rate = run.plain / run.seconds
-        caller[viewer] = run.threads["caller"]
+        caller[label[:4]] = run.threads["caller"]
         print(
             f"{label}: {run.plain / 1e6:,.0f} MB in {run.seconds:.2f} s, {rate / 1e6:,.0f} MB/s = "
             f"{rate / cp_rate:.0%} of cp ({rate / cp_now:.0%} of the cp just before); CPU {run.cpu:.2f} s "
             f"({run.per_thread()}); caller {run.threads['caller'] / patients * 1e6:.1f} µs a bundle "
             f"(load {load()})"
         )
-    del bundles
+    del bundles, summaries
     release_freed_memory()
-    viewer_share = caller[True] - caller[False]
-    print(
-        f"     the viewer's share of the caller's CPU: {viewer_share:.2f} s, "
-        f"{viewer_share / patients * 1e6:.0f} µs a bundle (parse, summary, index row, chunks)"
-    )
+    for run_label, what in (("(1c)", "parse, summary, index row, chunks"), ("(1d)", "index row, chunks")):
+        share = caller[run_label] - caller["(1b)"]
+        print(
+            f"     the viewer's share of the caller's CPU in {run_label}: {share:.2f} s, "
+            f"{share / patients * 1e6:.0f} µs a bundle ({what})"
+        )
 
 
 def release_freed_memory() -> None:
@@ -256,12 +273,13 @@ def main() -> None:
     ap.add_argument("--skip-whole", action="store_true", help="Skip (3), the whole media write.")
     ap.add_argument("--whole-only", action="store_true", help="Only (3), the whole media write.")
     ap.add_argument("--as-of", default="", help="(3): YYYY-MM-DD, or 'data' for the data's last day")
+    ap.add_argument("--compare", action="store_true", help="(3) also with the viewer parsing the bundles")
     args = ap.parse_args()
     restore = restore_folder(args.patients)
     if args.whole_only:
         scratch = args.out
         shutil.rmtree(scratch, ignore_errors=True)
-        whole(restore, scratch / "full", SigningKey.generate(), args.workers, _as_of(args))
+        whole(restore, scratch / "full", SigningKey.generate(), args.workers, _as_of(args), args.compare)
         shutil.rmtree(scratch)
         return
     ndjson = bundles_ndjson(restore, args.patients)
@@ -326,7 +344,7 @@ def main() -> None:
     )
     shutil.rmtree(disk)
     if not args.skip_whole:
-        whole(restore, scratch / "full", key, args.workers, _as_of(args))
+        whole(restore, scratch / "full", key, args.workers, _as_of(args), args.compare)
     shutil.rmtree(scratch)
     print(f"load average at the end: {load()} (other work shares these cores: figures vary between runs)")
 
@@ -340,14 +358,17 @@ def _as_of(args: argparse.Namespace) -> date | None:
     return date.fromisoformat(args.as_of) if args.as_of else None
 
 
-def whole(restore: Path, out: Path, key: SigningKey, workers: int, as_of: date | None) -> None:
+def whole(restore: Path, out: Path, key: SigningKey, workers: int, as_of: date | None, compare: bool) -> None:
     """(3): bundles built from the restore database, the disk writer and the viewer, as ``media write``
     does it (summaries made where the bundles are built), then with the viewer parsing each bundle."""
-    from media.viewer_summary import summarize
+    from media.viewer_summary import stored_summary
     from restore.database import RestoreDB
     from restore.export import BundleExporter
 
-    for label, summarizer in (("summaries made with the bundles", summarize), ("viewer parses", None)):
+    runs: list[tuple[str, Any]] = [("summaries made with the bundles", stored_summary)]
+    if compare:
+        runs.append(("viewer parses", None))
+    for label, summarizer in runs:
         disk_key = new_disk_key()
         info = disk_info(disk_key)
         c0, k0 = cpu_seconds(), cpu_seconds(resource.RUSAGE_CHILDREN)

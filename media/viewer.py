@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hakobune.durable import fsync_dir
 from hakobune.errors import InputError
 from media.crypto import FORMAT, KEY_BYTES, PassphraseWrap, subkey
-from media.viewer_summary import Json, SummaryError, parse_bundle, summarize
+from media.viewer_summary import Stored, SummaryError, parse_bundle, stored_summary
 from restore.search.normalize import fold_kanji, kana_key, kana_loose, kanji_variants, name_as_written
 
 VIEWER_VERSION = 1
@@ -304,23 +304,20 @@ class ViewerWriter:
             self._index_parts.append(name)
             self._rows = []
 
-    def add(self, patient_id: str, bundle: bytes, summary: Json | None = None) -> None:
-        """Add one patient's serialized FHIR document Bundle, with :func:`summarize` of it when that was
-        made where the bundle was built (else it is made here from ``bundle``).  InputError names the
+    def add(self, patient_id: str, bundle: bytes, summary: Stored | None = None) -> None:
+        """Add one patient's serialized FHIR document Bundle, with :func:`stored_summary` of it when that
+        was made where the bundle was built (else it is made here from ``bundle``).  InputError names the
         bundle by its number in this disk (never by patient data) when it is not a summary the viewer
         can show."""
         if self._closed:
             raise RuntimeError("viewer already closed")
         n = self.patients + 1
         try:
-            if summary is None:
-                summary = summarize(parse_bundle(bundle))
+            data, patient = summary if summary is not None else stored_summary(parse_bundle(bundle))
         except SummaryError as e:
             raise InputError(f"bundle #{n}", f"cannot be shown in the viewer: {e}") from None
-        patient = summary["patient"]
         if patient["id"] != patient_id:
             raise InputError(f"bundle #{n}", "its Patient identifier is not the patient it was added for")
-        data = orjson.dumps(summary)
         if self._summaries and (
             len(self._summaries) >= self.summary_patients
             or self._summary_size + len(data) > self.summary_bytes

@@ -438,3 +438,14 @@ def summarize(bundle: Json) -> Json:
         "labs": _labs([r for r in sections["labs"] if r.get("resourceType") == "Observation"]),
         "empty": empty,
     }
+
+
+#: A summary as the viewer stores it (its JSON) and its ``patient`` part (for the index row).
+Stored = tuple[bytes, Json]
+
+
+def stored_summary(bundle: Json) -> Stored:
+    """:func:`summarize` of a Bundle as the viewer stores it: what an export worker hands the disk writer
+    (some kilobytes of JSON to pass between processes, not a tree of objects to pickle and unpickle)."""
+    summary = summarize(bundle)
+    return orjson.dumps(summary), summary["patient"]

@@ -63,7 +63,7 @@ from media.manifest import (
     sign,
 )
 from media.stream import SEGMENT_SIZE, TAG_BYTES, SegmentSealer, check_segment_size
-from media.viewer_summary import summarize
+from media.viewer_summary import stored_summary
 from media.volumes import (
     BAG_MANIFEST,
     BAGIT,
@@ -785,7 +785,7 @@ def write_release(
                     workers=workers,
                     sink=disk.add,
                     generated_at=moment,
-                    summarize=summarize if viewer else None,
+                    summarize=stored_summary if viewer else None,
                 )
                 with exporter, progress(show_progress) as bar:
                     task = bar.add_task("writing disk", total=db.count(), rate="")

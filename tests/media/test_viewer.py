@@ -42,7 +42,7 @@ from hakobune.records import (
 )
 from media import viewer as V
 from media.crypto import new_disk_key, wrap_to_passphrase
-from media.viewer_summary import SummaryError, parse_bundle, summarize
+from media.viewer_summary import SummaryError, parse_bundle, stored_summary, summarize
 from restore.fhir import dumps, patient_bundle
 from restore.search.normalize import fold_kanji, kana_key, kana_loose, kanji_variants, name_as_written
 
@@ -486,6 +486,7 @@ def test_the_summary_of_a_bundle_as_built_is_that_of_its_bytes(text: str) -> Non
     )
     summary = summarize(built)
     assert summary == summarize(parse_bundle(dumps(built)))
+    assert stored_summary(built) == (orjson.dumps(summary), summary["patient"])
     shown = "7.5" if text == "07.5" else text.replace("＞", ">")  # (a leading zero is no part of a number)
     assert shown in [r["value"] for lab in summary["labs"] for r in lab["results"]]
 
