@@ -34,7 +34,7 @@ from hakobune.errors import InputError
 from hakobune.parallel import cycle_collection_paused, resolve_workers
 from restore.database import PatientRow, stored_row
 from restore.fhir import ExportWindow
-from restore.fhir.bundle import Json, dumps, encoded_bundle, serialized_bundle
+from restore.fhir.bundle import Json, dumps, serialized_bundle, shared_bundle
 
 #: Patient IDs become file names: only these characters are allowed (SS-MIX2 IDs are alphanumeric).
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -90,7 +90,7 @@ def _build(settings: _Settings, item: Work) -> Built:
     if settings.summarize is None:
         data, entries = serialized_bundle(row.patient, row.encoded, **args)
     else:  # the bundle as dicts (the same bytes), which the summary reads
-        bundle = encoded_bundle(row.patient, row.encoded, **args)
+        bundle = shared_bundle(row.patient, row.encoded, **args)
         data, entries = dumps(bundle), len(bundle["entry"])
         try:
             summary = settings.summarize(bundle)
@@ -250,8 +250,9 @@ class BundleExporter:
             self._emit(patient_id, *built)
 
     def _emit(self, patient_id: str, data: bytes, size: int, entries: int, summary: Any) -> None:
-        if self._ndjson is not None:
-            self._ndjson.write(data.replace(b"\n", b"") + b"\n")
+        if self._ndjson is not None:  # (orjson writes no newline: the check is all a bundle costs here)
+            self._ndjson.write(data.replace(b"\n", b"") if b"\n" in data else data)
+            self._ndjson.write(b"\n")
         if self.sink is not None:
             self.sink(patient_id, data, summary)
         self.report.bundles += 1

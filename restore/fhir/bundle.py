@@ -416,6 +416,9 @@ class _Builder:
     #: Parts of resources already made for the same values, reused (:data:`_SHARED`), or None: every
     #: dict fresh.  Only a bundle that is serialized at once and never handed out may share them.
     shared: dict[tuple[Any, ...], Any] | None = None
+    #: Whether resources may be serialized already (``orjson.Fragment``, :class:`_Template`): only in a
+    #: bundle that is serialized at once and never read.
+    fragments: bool = False
 
     def __post_init__(self) -> None:
         self.cut_problems, self.cut_medications, self.cut_labs = _cuts(self.as_of, self.window)
@@ -937,12 +940,10 @@ class _Builder:
         specimen = self.specimen(lab)
         instance = self.instance_prefix + ks
         if self.shared is None:
-            parts = _lab_parts(*key)
-            res = _observation(parts, instance, self.patient_url, effective, specimen)
-            self.put("results", (day, order[2], ks), "Observation", ks, res, f"{day} {parts[-1]}")
-            return
-        parts, template = _parts(self.shared, key, _shared_lab_parts)
-        if template is None:  # (a value that holds a hole's marker)
+            parts, template = _lab_parts(*key), None
+        else:
+            parts, template = _parts(self.shared, key, _shared_lab_parts)
+        if template is None or not self.fragments:  # (no template: a value holds a hole's marker)
             res = _observation(parts, instance, self.patient_url, effective, specimen)
             self.put("results", (day, order[2], ks), "Observation", ks, res, f"{day} {parts[-1]}")
             return
@@ -1345,8 +1346,34 @@ def serialized_bundle(
         window=window,
         generated_at=generated_at,
         shared=_SHARED,
+        fragments=True,
     )
     return dumps(bundle), len(bundle["entry"])
+
+
+def shared_bundle(
+    patient: Patient,
+    encoded: Iterable[bytes],
+    *,
+    hospital: str,
+    hospital_name: str = "",
+    as_of: date,
+    window: ExportWindow = ExportWindow(),
+    generated_at: datetime,
+) -> Json:
+    """:func:`encoded_bundle` with the parts :func:`serialized_bundle` shares between bundles shared: for
+    a caller that serializes the bundle and reads it (the offline viewer's summary) but never changes it
+    (a part may be dropped from the table at any time, but stays valid while the bundle holds it)."""
+    return _bundle(
+        patient,
+        map(orjson.loads, in_window(encoded, as_of=as_of, window=window)),
+        hospital=hospital,
+        hospital_name=hospital_name,
+        as_of=as_of,
+        window=window,
+        generated_at=generated_at,
+        shared=_SHARED,
+    )
 
 
 def _bundle(
@@ -1359,12 +1386,13 @@ def _bundle(
     window: ExportWindow,
     generated_at: datetime,
     shared: dict[tuple[Any, ...], Any] | None = None,
+    fragments: bool = False,
 ) -> Json:
     """The bundle of ``records``: decoded encodings (``{"kind": …, "v": 1, "r": {…}}``)."""
     if generated_at.tzinfo is None or generated_at.utcoffset() is None:
         raise ValueError("generated_at must be timezone-aware")
     pid = patient.key.patient_id
-    b = _Builder(hospital, as_of.isoformat(), window, pid, shared=shared)
+    b = _Builder(hospital, as_of.isoformat(), window, pid, shared=shared, fragments=fragments)
     b.patient_url = "urn:uuid:" + b.uid("Patient", pid)
     b.org_url = "urn:uuid:" + b.uid("Organization", hospital)
 

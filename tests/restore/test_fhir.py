@@ -41,7 +41,7 @@ from restore.fhir import ExportWindow, NdjsonWriter, dumps, patient_bundle, tran
 from restore.fhir import bundle as bundle_module
 from restore.fhir import codesystems as cs
 from restore.fhir import hospital_bundles as hospital_bundles_of
-from restore.fhir.bundle import encoded_bundle, in_window, make_id, serialized_bundle
+from restore.fhir.bundle import encoded_bundle, in_window, make_id, serialized_bundle, shared_bundle
 from restore.fhir.conformance import Packages, check_bundle, structure_problems
 from tests.conftest import make_message, ssmix_relpath, write_message
 from tests.pipeline import expected_state
@@ -413,11 +413,13 @@ def test_encoded_bundle_is_the_same_bundle(
     table_size: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The export's path (records as their encodings, never made into objects; parts shared between
-    bundles, also when the table of shared parts fills up) gives the same bytes."""
+    """The export's paths (records as their encodings, never made into objects; parts shared between
+    bundles, also when the table of shared parts fills up; serialized at once, or as dicts for a reader)
+    give the same bytes."""
     monkeypatch.setattr(bundle_module, "_SHARED_MAX", table_size)
     monkeypatch.setattr(bundle_module, "_SHARED", {})
     as_of, patients = hospital
+    kept: list[tuple[Json, bytes]] = []
     for patient, recs in list(patients.values())[:20]:
         for window in (ExportWindow(), ExportWindow(months_labs=120, max_labs_per_code=0)):
             args: dict[str, Any] = {
@@ -432,7 +434,12 @@ def test_encoded_bundle_is_the_same_bundle(
             assert dumps(encoded) == expected
             data, entries = serialized_bundle(patient, [encode(r) for r in recs], **args)
             assert data == expected and entries == len(encoded["entry"])
+            shared = shared_bundle(patient, [encode(r) for r in recs], **args)
+            assert shared == encoded and dumps(shared) == expected
+            kept.append((shared, expected))
     assert 0 < len(bundle_module._SHARED) <= table_size
+    # building later bundles changed no part an earlier one holds
+    assert all(dumps(shared) == expected for shared, expected in kept)
 
 
 PATIENT = Patient(
