@@ -34,7 +34,7 @@ from hakobune.errors import InputError
 from hakobune.parallel import cycle_collection_paused, resolve_workers
 from restore.database import PatientRow, stored_row
 from restore.fhir import ExportWindow
-from restore.fhir.bundle import Json, dumps, serialized_bundle, shared_bundle
+from restore.fhir.bundle import Json, dumps, encoded_bundle, serialized_bundle
 
 #: Patient IDs become file names: only these characters are allowed (SS-MIX2 IDs are alphanumeric).
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -90,7 +90,7 @@ def _build(settings: _Settings, item: Work) -> Built:
     if settings.summarize is None:
         data, entries = serialized_bundle(row.patient, row.encoded, **args)
     else:  # the bundle as dicts (the same bytes), which the summary reads
-        bundle = shared_bundle(row.patient, row.encoded, **args)
+        bundle = encoded_bundle(row.patient, row.encoded, share=True, **args)
         data, entries = dumps(bundle), len(bundle["entry"])
         try:
             summary = settings.summarize(bundle)

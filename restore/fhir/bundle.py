@@ -1308,10 +1308,15 @@ def encoded_bundle(
     as_of: date,
     window: ExportWindow = ExportWindow(),
     generated_at: datetime,
+    share: bool = False,
 ) -> Json:
     """:func:`patient_bundle` of records given as their encodings (:func:`hakobune.records.encode`), as a
     restore database holds them: the same bundle, without making record objects (the export's hot path).
-    ValueError on bytes that are not a known record encoding."""
+    ValueError on bytes that are not a known record encoding.
+
+    ``share``: with the parts :func:`serialized_bundle` shares between bundles, for a caller that reads
+    the bundle or serializes it but never changes it (the offline viewer's summary; a part may be dropped
+    from the table at any time, but stays valid while the bundle holds it)."""
     return _bundle(
         patient,
         map(orjson.loads, in_window(encoded, as_of=as_of, window=window)),
@@ -1320,6 +1325,7 @@ def encoded_bundle(
         as_of=as_of,
         window=window,
         generated_at=generated_at,
+        shared=_SHARED if share else None,
     )
 
 
@@ -1349,31 +1355,6 @@ def serialized_bundle(
         fragments=True,
     )
     return dumps(bundle), len(bundle["entry"])
-
-
-def shared_bundle(
-    patient: Patient,
-    encoded: Iterable[bytes],
-    *,
-    hospital: str,
-    hospital_name: str = "",
-    as_of: date,
-    window: ExportWindow = ExportWindow(),
-    generated_at: datetime,
-) -> Json:
-    """:func:`encoded_bundle` with the parts :func:`serialized_bundle` shares between bundles shared: for
-    a caller that serializes the bundle and reads it (the offline viewer's summary) but never changes it
-    (a part may be dropped from the table at any time, but stays valid while the bundle holds it)."""
-    return _bundle(
-        patient,
-        map(orjson.loads, in_window(encoded, as_of=as_of, window=window)),
-        hospital=hospital,
-        hospital_name=hospital_name,
-        as_of=as_of,
-        window=window,
-        generated_at=generated_at,
-        shared=_SHARED,
-    )
 
 
 def _bundle(

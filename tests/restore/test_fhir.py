@@ -41,7 +41,7 @@ from restore.fhir import ExportWindow, NdjsonWriter, dumps, patient_bundle, tran
 from restore.fhir import bundle as bundle_module
 from restore.fhir import codesystems as cs
 from restore.fhir import hospital_bundles as hospital_bundles_of
-from restore.fhir.bundle import encoded_bundle, in_window, make_id, serialized_bundle, shared_bundle
+from restore.fhir.bundle import encoded_bundle, in_window, make_id, serialized_bundle
 from restore.fhir.conformance import Packages, check_bundle, structure_problems
 from tests.conftest import make_message, ssmix_relpath, write_message
 from tests.pipeline import expected_state
@@ -434,7 +434,7 @@ def test_encoded_bundle_is_the_same_bundle(
             assert dumps(encoded) == expected
             data, entries = serialized_bundle(patient, [encode(r) for r in recs], **args)
             assert data == expected and entries == len(encoded["entry"])
-            shared = shared_bundle(patient, [encode(r) for r in recs], **args)
+            shared = encoded_bundle(patient, [encode(r) for r in recs], share=True, **args)
             assert shared == encoded and dumps(shared) == expected
             kept.append((shared, expected))
     assert 0 < len(bundle_module._SHARED) <= table_size
