@@ -236,13 +236,10 @@ def in_window(encoded: Iterable[bytes], *, as_of: date, window: ExportWindow) ->
                     else:
                         found.append(day)
         out.append(e)
-    if not any(len(d) > keep_n for d in days.values()):
+    # the n-th latest day of each code with more than n results
+    floor = {code: sorted(d, reverse=True)[keep_n - 1] for code, d in days.items() if len(d) > keep_n}
+    if not floor:
         return out
-    floor = {}
-    for code, d in days.items():
-        if len(d) > keep_n:
-            d.sort(reverse=True)
-            floor[code] = d[keep_n - 1]
     drop = {i for i, day, code in labs if day < floor.get(code, "")}
     return [e for i, e in enumerate(out) if i not in drop]
 
@@ -440,7 +437,7 @@ class _Builder:
 
     def put(self, section: Section, sort: tuple[Any, ...], kind: str, ks: str, res: Json, line: str) -> None:
         """:meth:`add` with the whole sort key given."""
-        u = make_id(f"{self.hospital}|{kind}|{ks}")
+        u = self.uid(kind, ks)
         res["id"] = u
         self.put_item(section, (sort, "urn:uuid:" + u, res, line))
 
@@ -943,18 +940,16 @@ class _Builder:
             parts, template = _lab_parts(*key), None
         else:
             parts, template = _parts(self.shared, key, _shared_lab_parts)
-        if template is None or not self.fragments:  # (no template: a value holds a hole's marker)
+        sort, line = (day, order[2], ks), f"{day} {parts[-1]}"
+        # a template serves only a bundle that is serialized at once (and there is none when a value
+        # holds a hole's marker)
+        if template is None or not self.fragments:
             res = _observation(parts, instance, self.patient_url, effective, specimen)
-            self.put("results", (day, order[2], ks), "Observation", ks, res, f"{day} {parts[-1]}")
+            self.put("results", sort, "Observation", ks, res, line)
             return
-        u = make_id(f"{self.hospital}|Observation|{ks}")
-        item = (
-            (day, order[2], ks),
-            "urn:uuid:" + u,
-            template.fill(instance, self.patient_url, effective, specimen, u),
-            f"{day} {parts[-1]}",
-        )
-        self.put_item("results", item)
+        u = self.uid("Observation", ks)
+        res_json = template.fill(instance, self.patient_url, effective, specimen, u)
+        self.put_item("results", (sort, "urn:uuid:" + u, res_json, line))
 
     def labs(self, labs: list[Json]) -> None:
         """The most recent results of each test code in the lab window, newest first: observation day,
@@ -1189,7 +1184,7 @@ def _shared_lab_parts(*key: str) -> tuple[_LabParts, _Template | None]:
 
 #: Markers of the holes of a :class:`_Template` (text no record is expected to hold; a template checks
 #: that each is found exactly once, in order).
-_HOLES = tuple(f"\0hakobune-hole-{i}\0" for i in range(8))
+_HOLES = tuple(f"\0hakobune-hole-{i}\0" for i in range(5))
 
 
 class _Template:
@@ -1200,6 +1195,8 @@ class _Template:
     __slots__ = ("_holes", "_pieces")
 
     def __init__(self, res: Json, holes: int) -> None:
+        if holes > len(_HOLES):
+            raise ValueError(f"a template has at most {len(_HOLES)} holes")
         data = dumps(res)
         pieces: list[bytes] = []
         at = 0
