@@ -63,7 +63,7 @@ from media.manifest import (
     sign,
 )
 from media.stream import SEGMENT_SIZE, TAG_BYTES, SegmentSealer, check_segment_size
-from media.viewer_summary import stored_summary
+from media.viewer_summary import Stored, stored_summary
 from media.volumes import (
     BAG_MANIFEST,
     BAGIT,
@@ -97,7 +97,7 @@ from restore.orders import ReleaseOrder, load_order, validate_order
 class Viewer(Protocol):
     """What the disk writer needs of the offline viewer (media.viewer.ViewerWriter)."""
 
-    def add(self, patient_id: str, bundle: bytes, summary: Any = None) -> None: ...
+    def add(self, patient_id: str, bundle: bytes, summary: Stored | None = None) -> None: ...
     def close(self) -> list[str]: ...
     def abort(self) -> None: ...
 
@@ -409,7 +409,7 @@ class DiskWriter:
             self.abort()
             raise
 
-    def add(self, patient_id: str, bundle: bytes, summary: Any = None) -> None:
+    def add(self, patient_id: str, bundle: bytes, summary: Stored | None = None) -> None:
         """One patient's serialized document Bundle (a line of ``bundles.ndjson``), and the viewer's
         summary of it when it was made where the bundle was built (restore.export with ``summarize``;
         else the viewer parses the bundle)."""
