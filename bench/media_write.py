@@ -350,12 +350,9 @@ def main() -> None:
 
 
 def _as_of(args: argparse.Namespace) -> date | None:
-    if args.as_of == "data":
-        from hakobune.synth import read_meta
+    from restore_export import parse_as_of
 
-        meta = read_meta(CACHE / f"restore-{args.patients}" / "hospital")
-        return date.fromisoformat(str(meta["last_date"]))
-    return date.fromisoformat(args.as_of) if args.as_of else None
+    return parse_as_of(args.as_of, CACHE / f"restore-{args.patients}")
 
 
 def whole(restore: Path, out: Path, key: SigningKey, workers: int, as_of: date | None, compare: bool) -> None:

@@ -43,6 +43,16 @@ from hakobune.keys import RecipientPrivateKey, load_recipient_private, load_sign
 HOSPITAL = "9990000002"
 
 
+def parse_as_of(text: str, world: Path) -> date | None:
+    """``--as-of``: a date, ``data`` (the last day of the synthetic hospital in ``world``), or "" (today,
+    as the commands do: None)."""
+    if text == "data":
+        from hakobune.synth import read_meta
+
+        return date.fromisoformat(str(read_meta(world / "hospital")["last_date"]))
+    return date.fromisoformat(text) if text else None
+
+
 def prepare(patients: int) -> tuple[Path, Path]:
     """A synced center for a ``patients``-patient hospital; returns (center store folder, world folder)."""
     from agent.commands.sync import run_once
@@ -109,17 +119,12 @@ def main() -> None:
     args = ap.parse_args()
     store, world = prepare(args.patients)
 
-    from hakobune.synth import read_meta
     from restore.chain import plan_chain
     from restore.commands.restore import run_export
     from restore.export import BundleExporter, ExportReport
     from restore.rebuild import rebuild
 
-    as_of: date | None = None
-    if args.as_of == "data":
-        as_of = date.fromisoformat(str(read_meta(world / "hospital")["last_date"]))
-    elif args.as_of:
-        as_of = date.fromisoformat(args.as_of)
+    as_of = parse_as_of(args.as_of, world)
     private = load_recipient_private(world / "release.key")
     signer = load_signing_key(world / "agent" / "keys" / "agent.key").public
     out = CACHE / f"restore-{args.patients}-out"
