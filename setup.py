@@ -1,7 +1,8 @@
-"""Build hook for the one C extension: the ISO-2022-JP fast path of :func:`hakobune.hl7.decode`.
+"""Build hook for the C extensions: the ISO-2022-JP fast path of :func:`hakobune.hl7.decode` and the
+SS-MIX2 reader's split, and the reader's compiled lab mapper.
 
-Everything else is in pyproject.toml.  The extension is optional: where it cannot be compiled the
-pure-Python decoder (the reference) is used, slower but the same text."""
+Everything else is in pyproject.toml.  The extensions are optional: where they cannot be compiled the
+pure-Python code (the reference) is used, slower but with the same results."""
 
 from setuptools import Extension, setup
 
@@ -12,6 +13,12 @@ setup(
             ["hakobune/_jisdecode.c"],
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
-        )
+        ),
+        Extension(
+            "agent.ssmix2._fastmap",
+            ["agent/ssmix2/_fastmap.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
+        ),
     ]
 )

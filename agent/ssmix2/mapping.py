@@ -9,7 +9,9 @@ table id (``HOT9``, ``JC10``, ``MDCDX2`` …); :mod:`hakobune.codes` maps those 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from dataclasses import fields
 
 from agent.ssmix2.layout import SsmixName
 from agent.ssmix2.message import Message
@@ -415,8 +417,43 @@ def _map_ras_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 
 _CODED = frozenset(("CWE", "CE", "CNE"))
 
+LabMapper = Callable[..., list[Record] | None]
+
+
+def _load_fast_lab() -> LabMapper | None:
+    """The compiled lab mapper (agent/ssmix2/_fastmap.c), given the record classes; None without it (or with
+    ``HAKOBUNE_PURE_PYTHON=1``)."""
+    if os.environ.get("HAKOBUNE_PURE_PYTHON"):
+        return None
+    try:
+        from agent.ssmix2 import _fastmap
+    except ImportError:
+        return None
+    _fastmap.register(
+        RecordKey,
+        tuple(f.name for f in fields(RecordKey)),
+        LabResult,
+        tuple(f.name for f in fields(LabResult)),
+    )
+    return _fastmap.map_lab
+
+
+#: The compiled form of :func:`_map_oul`'s loop (same records; tests compare the two), or None.
+fast_lab: LabMapper | None = _load_fast_lab()
+
 
 def _map_oul(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    fast = fast_lab
+    if fast is not None:
+        n = ctx.name
+        head = (n.patient_id, n.care_date, n.data_type, n.order_no)
+        out = fast(msg.segments, head, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, w)
+        if out is not None:
+            return out
+    return _map_oul_python(ctx, msg, w)
+
+
+def _map_oul_python(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     # The hot loop of a baseline (lab files hold most records): locals instead of attribute look-ups, the
     # coding cache read inline, positional construction (field order of LabResult), unescape only where a
     # backslash is present, the observation time converted once per distinct value.

@@ -1,0 +1,20 @@
+"""Types of the compiled lab mapper (agent/ssmix2/_fastmap.c); see :mod:`agent.ssmix2.mapping`."""
+
+from collections.abc import Callable
+
+from hakobune.records import Coding, Record
+
+def register(
+    key_type: type, key_fields: tuple[str, ...], lab_type: type, lab_fields: tuple[str, ...], /
+) -> None: ...
+def map_lab(
+    segments: list[list[str]],
+    key_head: tuple[str, str, str, str],
+    comp: str,
+    codings: dict[str, Coding | None],
+    coding: Callable[[str], Coding | None],
+    to_iso: Callable[[str], str],
+    unescape: Callable[[str], str],
+    warnings: list[str],
+    /,
+) -> list[Record] | None: ...

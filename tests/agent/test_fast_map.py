@@ -1,0 +1,167 @@
+"""The compiled lab mapper (agent/ssmix2/_fastmap.c) against the Python mapper it stands in for.
+
+Wherever it answers, the records and warnings must be exactly the Python mapper's (same values, same types,
+same keys); where a segment is not what the reader makes (a field that is not a str), it must step aside
+(None) and leave the warnings as they were.  The ASCII step of the compiled split is checked here too:
+long ASCII runs cut at every offset by escapes, high bytes and delimiters.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from agent.ssmix2 import mapping
+from agent.ssmix2.layout import parse_name
+from agent.ssmix2.message import PAD, Message, parse
+from hakobune import hl7
+from hakobune.errors import UnreadableMessage
+from hakobune.hl7 import decode_python, split_standard, to_iso, unescape
+from hakobune.records import LabResult, Record, RecordKey
+from tests.agent.test_fast_path import _outcome, _reference_outcome
+
+MANY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NAME = parse_name("1234567_20240401_OML-11_000000000000001_20240401120000000_01_1")
+
+
+def test_the_compiled_lab_mapper_is_built_where_ci_runs() -> None:
+    if mapping.fast_lab is None:
+        if os.environ.get("CI"):
+            pytest.fail("agent.ssmix2._fastmap is not built (make setup compiles it with gcc)")
+        pytest.skip("compiled lab mapper not built here")
+
+
+needs_fast = pytest.mark.skipif(mapping.fast_lab is None, reason="compiled lab mapper not built")
+
+
+def _both(segments: list[list[str]]) -> tuple[tuple[list[Record], list[str]], tuple[list[Record], list[str]]]:
+    msg = Message(segments)
+    ctx = mapping._Ctx(msg, NAME)
+    fast_w: list[str] = []
+    fast = mapping._map_oul(ctx, msg, fast_w)
+    slow_w: list[str] = []
+    slow = mapping._map_oul_python(ctx, msg, slow_w)
+    return (fast, fast_w), (slow, slow_w)
+
+
+def _padded(sid: str, fields: list[str]) -> list[str]:
+    seg = [sid, *fields]
+    return seg + [""] * (PAD - len(seg))
+
+
+# Field text the lab mapper must treat with care: components, escapes, empties, kanji, long values.
+_TEXT = st.text(alphabet="A1^~&\\FSTREX.br京齋 ", max_size=10)
+_VTYPE = st.sampled_from(["NM", "ST", "CWE", "CE", "CNE", "TX", ""])
+_DTM = st.sampled_from(["", "202404011500", "20240401", "2024040115", "bad", "20241301"])
+
+
+@st.composite
+def _obx(draw: st.DrawFn) -> list[str]:
+    fields = [""] * 14
+    fields[0] = "1"
+    fields[1] = draw(_VTYPE)
+    codes = st.sampled_from(["", "3A010000002327101^Na^JC10", "X^^", "^only text", "C\\S\\1"])
+    fields[2] = draw(codes | _TEXT)
+    fields[4] = draw(_TEXT)
+    fields[5] = draw(_TEXT)
+    fields[6] = draw(_TEXT)
+    fields[7] = draw(st.sampled_from(["", "H", "L^low", "^"]) | _TEXT)
+    fields[10] = draw(st.sampled_from(["F", "C", ""]))
+    fields[13] = draw(_DTM)
+    return _padded("OBX", fields)
+
+
+_OTHER = st.one_of(
+    st.builds(lambda t: _padded("SPM", ["1", "1", "", t]), _TEXT),
+    st.builds(lambda t, d: _padded("OBR", ["1", "1", "1", t, "", "", d]), _TEXT, _DTM),
+    st.just(_padded("NTE", ["1", "L", "comment"])),
+)
+
+
+@needs_fast
+@MANY
+@given(st.lists(st.one_of(_obx(), _OTHER), max_size=12))
+@example([_padded("OBX", ["1", "CWE", "", "", "a^^b"])])  # no code: a warning, numbering goes on
+def test_the_compiled_lab_mapper_gives_the_python_mappers_records(body: list[list[str]]) -> None:
+    segments = [_padded("MSH", ["|", "^~\\&"]), _padded("PID", ["1", "", "1234567"]), *body]
+    (fast, fast_w), (slow, slow_w) = _both(segments)
+    assert fast == slow
+    assert [type(r) for r in fast] == [type(r) for r in slow]
+    assert [type(r.key) for r in fast] == [RecordKey] * len(fast)
+    assert fast_w == slow_w
+
+
+@needs_fast
+def test_item_numbers_beyond_the_shared_strings_and_many_batteries() -> None:
+    body: list[list[str]] = []
+    for b in range(1, 11):
+        body.append(_padded("OBR", ["1", "1", "1", f"B{b}^battery^99O03", "", "", "20240401"]))
+        results = range(1, 140 if b == 9 else 3)
+        body += [_padded("OBX", ["1", "NM", f"C{o}^x^JC10", "", str(o)]) for o in results]
+    segments = [_padded("MSH", ["|", "^~\\&"]), *body]
+    (fast, _), (slow, _) = _both(segments)
+    assert fast == slow
+    items = [r.key.item for r in fast if isinstance(r, LabResult)]
+    assert "9.139" in items and "10.2" in items and "1.1" in items
+
+
+@needs_fast
+def test_a_field_that_is_not_a_string_makes_it_step_aside_and_undo_its_warnings() -> None:
+    assert mapping.fast_lab is not None
+    ctx = mapping._Ctx(Message([]), NAME)
+    no_code = _padded("OBX", ["1", "NM", "", "", "1"])
+    broken = _padded("OBX", ["1", "NM", "C^x^JC10", "", "1"])
+    broken[5] = None  # type: ignore[call-overload]
+    warnings = ["earlier"]
+    head = (NAME.patient_id, NAME.care_date, NAME.data_type, NAME.order_no)
+    args = (head, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, warnings)
+    assert mapping.fast_lab([no_code, broken], *args) is None
+    assert warnings == ["earlier"]
+    assert mapping.fast_lab([["OBX"]], *args) is None  # a segment shorter than the reader pads
+    assert mapping.fast_lab([no_code], *args) == []
+    assert warnings == ["earlier", "OBX without an observation code"]
+
+
+@needs_fast
+def test_records_from_real_lab_files_are_the_same_on_both_paths(samples: Path) -> None:
+    seen = 0
+    for path in sorted(samples.rglob("*_OML-11_*")):
+        name = parse_name(path.name)
+        try:
+            msg = parse(path.read_bytes(), name.data_type)
+        except UnreadableMessage:
+            continue
+        ctx = mapping._Ctx(msg, name)
+        w1: list[str] = []
+        w2: list[str] = []
+        assert mapping._map_oul(ctx, msg, w1) == mapping._map_oul_python(ctx, msg, w2)
+        assert w1 == w2
+        seen += 1
+    assert seen > 0
+
+
+# -- the compiled split's 16-byte ASCII step ---------------------------------------------------------------
+
+_ASCII_RUN = st.text(alphabet="AZaz09|^~\\&\r\n ", max_size=48).map(str.encode)
+_BREAK = st.sampled_from([b"\x1b$B5~4A\x1b(B", b"\x1b$B5~", b"\x1b(B", b"\x1b(J", b"\x80", b"\x1b", b"\x1c"])
+
+
+@MANY
+@given(st.lists(st.one_of(_ASCII_RUN, _BREAK), max_size=10).map(b"".join), st.integers(0, 20))
+@example(b"|" * 40, 0)
+@example(b"ABCDEFGHIJKLMNO\x1b$B5~\x1b(B|", 0)
+@example(b"ABCDEFGHIJKLMNOP\r\n", 3)
+def test_long_ascii_runs_decode_and_split_the_same_on_both_paths(body: bytes, lead: int) -> None:
+    hl7.decode(b"load")
+    raw = b"MSH|^~\\&|" + b"X" * lead + body + b"\r\x1c"
+    if hl7._fast_path.decode is not None:
+        text = hl7._fast_path.decode(raw)
+        if text is not None:
+            assert text == decode_python(raw)
+    if split_standard(raw, PAD) is not None:
+        assert hl7._fast_path.decode is not None
+    assert _outcome(raw) == _reference_outcome(raw)
