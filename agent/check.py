@@ -16,6 +16,7 @@ from typing import Any
 from agent.ssmix2 import FileOutcome, Status
 from agent.ssmix2.layout import FLAGS
 from agent.ssmix2.reader import map_patients, read_patients
+from hakobune.parallel import cycle_collection_paused
 
 
 @dataclass(slots=True)
@@ -170,8 +171,11 @@ def summarize(outcomes: list[FileOutcome], root: str = "") -> CheckReport:
 
 
 def summarize_patients(root: str, patient_folders: list[str]) -> CheckReport:
-    """Worker function: read and summarise a batch of patient folders."""
-    return summarize(read_patients(root, patient_folders), root)
+    """Worker function: read and summarise a batch of patient folders.  The cyclic collector stays paused
+    until the batch's records are gone (freed by reference counting as the summary is made), so that no
+    collection walks them when it resumes."""
+    with cycle_collection_paused():
+        return summarize(read_patients(root, patient_folders), root)
 
 
 def check_tree(

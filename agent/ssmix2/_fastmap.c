@@ -63,7 +63,13 @@ register_type(RecordType *t, PyObject *cls, PyObject *names)
     return 0;
 }
 
-/* A new instance of t with its fields set to values[0..n) (borrowed references). */
+/* A new instance of t with its fields set to values[0..n) (borrowed references).
+ *
+ * The instance is untracked by the cyclic garbage collector: a record refers only to strings, None and
+ * other records, none of which can refer back to it, so it can never be part of a cycle (references from
+ * an untracked object still count as outside references, so nothing it holds is ever collected while it
+ * lives).  The reader pauses the collector while it builds a batch; when the pause ends, the first
+ * collection walked every record of the batch once more (~15% of the reader's time). */
 static PyObject *
 make(RecordType *t, PyObject *const *values)
 {
@@ -76,6 +82,9 @@ make(RecordType *t, PyObject *const *values)
             Py_DECREF(obj);
             return NULL;
         }
+    }
+    if (PyObject_IS_GC(obj)) {
+        PyObject_GC_UnTrack(obj);
     }
     return obj;
 }
