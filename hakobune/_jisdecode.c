@@ -253,7 +253,25 @@ is_line_end(Py_UCS2 c)
     return c == '\r' || c == '\n';
 }
 
-/* Segments of a decoded message with the standard delimiters (MSH|^~\&), or None. */
+/* Whether chars [a, b) are a segment ID as agent.ssmix2.message._is_segment_id has it (three ASCII
+ * letters or digits, the first an upper-case letter), other than MSH (a second message). */
+static inline int
+other_segment_id(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b)
+{
+    if (b - a != 3 || buf[a] < 'A' || buf[a] > 'Z') {
+        return 0;
+    }
+    for (Py_ssize_t i = a + 1; i < b; i++) {
+        Py_UCS2 c = buf[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) {
+            return 0;
+        }
+    }
+    return !(buf[a] == 'M' && buf[a + 1] == 'S' && buf[a + 2] == 'H');
+}
+
+/* Segments of a decoded message with the standard delimiters (MSH|^~\&), or None (also when a segment
+ * after MSH does not start with a segment ID, or is a second MSH: the Python path words why). */
 static PyObject *
 split_decoded(const Py_UCS2 *buf, Py_ssize_t count, const Py_ssize_t *marks, Py_ssize_t nmarks,
               Py_ssize_t pad)
@@ -296,6 +314,10 @@ split_decoded(const Py_UCS2 *buf, Py_ssize_t count, const Py_ssize_t *marks, Py_
             continue; /* a '|' inside the current segment */
         }
         if (pos > a) {
+            if (PyList_GET_SIZE(segments) > 0 && !other_segment_id(buf, a, first < j ? marks[first] : pos)) {
+                Py_DECREF(segments);
+                return Py_NewRef(Py_None);
+            }
             PyObject *fields =
                 segment_fields(buf, a, pos, marks, first, j, pad, PyList_GET_SIZE(segments) == 0);
             if (fields == NULL || fields == Py_None) {

@@ -42,7 +42,8 @@ def split_standard(raw: bytes, pad: int) -> list[list[str]] | None:
     """Decode and split a message in one compiled pass: segments as field lists (``fields[n]`` is field n,
     MSH-1 the separator), each padded with ``""`` to at least ``pad`` fields.  Only for the common case —
     standard delimiters (``MSH|^~\\&``), ASCII and JIS X 0208, a terminated last segment, every segment with
-    fields; anything else, or no compiled module, gives None and the caller takes the general path."""
+    fields and a segment ID (three ASCII letters or digits, the first upper case), no MSH but the first;
+    anything else, or no compiled module, gives None and the caller takes the general path."""
     if not _fast_path.tried:
         _fast_path.load()
     if _fast_path.split is None:

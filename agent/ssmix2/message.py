@@ -55,13 +55,8 @@ def parse(raw: bytes, data_type: str) -> Message:
     segments = split_standard(raw, PAD)
     if segments is None:
         segments, delims = _split_general(raw)
-    else:  # standard delimiters, every segment has fields: only the segment IDs are left to check
+    else:  # standard delimiters; every segment has fields and a segment ID, and MSH comes only first
         delims = STANDARD
-        known = _KNOWN_IDS
-        for lineno in range(1, len(segments)):
-            sid = segments[lineno][0]
-            if sid not in known:
-                _check_segment(sid, 2, lineno + 1)
     msg = Message(segments, delims)
     expected = MESSAGE_CODE.get(data_type)
     if expected is not None and msg.message_code != expected:
