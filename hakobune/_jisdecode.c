@@ -193,14 +193,29 @@ slice(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b)
     if (len == 0) {
         return Py_NewRef(empty_str);
     }
-    if (len == 1 || len > CACHE_MAX_CHARS) { /* one Latin-1 character is a CPython singleton already */
+    if (len == 1) { /* a Latin-1 character is a CPython singleton already */
+        return PyUnicode_FromOrdinal(buf[a]);
+    }
+    if (len > CACHE_MAX_CHARS) {
         return PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, buf + a, len);
     }
-    uint32_t h = 2166136261u; /* FNV-1a over the UCS-2 units */
-    for (Py_ssize_t i = a; i < b; i++) {
-        h = (h ^ buf[i]) * 16777619u;
+    /* A multiply-xorshift hash over the UCS-2 units, four at a time (the slot's text is compared anyway:
+     * the hash only spreads the fields over the slots). */
+    const Py_UCS2 *u = buf + a;
+    uint64_t h = (uint64_t)len * 0x9E3779B97F4A7C15ull, w;
+    Py_ssize_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+        memcpy(&w, u + i, sizeof w);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDull;
+        h ^= h >> 29;
     }
-    PyObject **slot = &cache[(h ^ (h >> 16)) & (CACHE_SLOTS - 1)];
+    w = 0;
+    for (int t = 0; i < len; i++, t += 16) {
+        w |= (uint64_t)u[i] << t;
+    }
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ull;
+    h ^= h >> 32;
+    PyObject **slot = &cache[h & (CACHE_SLOTS - 1)];
     if (*slot != NULL && same_text(*slot, buf + a, len)) {
         return Py_NewRef(*slot);
     }
