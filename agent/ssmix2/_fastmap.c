@@ -16,7 +16,8 @@
 
 /* The minimum number of fields a segment must have (the reader pads to agent.ssmix2.message.PAD = 26). */
 #define MIN_FIELDS 15
-#define MAX_FIELDS 16
+#define RX_MIN_FIELDS 20
+#define MAX_FIELDS 20
 
 /* A registered record type: the class and the slot descriptors of its dataclass fields, in order. */
 typedef struct {
@@ -26,21 +27,25 @@ typedef struct {
     descrsetfunc set[MAX_FIELDS];
 } RecordType;
 
-enum { KEY_TYPE, LAB_TYPE, N_TYPES };
+/* The record types register() is given, in this order, each with this many fields. */
+enum { KEY_TYPE, LAB_TYPE, RX_TYPE, N_TYPES };
+static const Py_ssize_t type_fields[N_TYPES] = {5, 11, 17};
 static RecordType types[N_TYPES];
+static int registered = 0;
 
-static PyObject *empty_str;
+static PyObject *empty_str, *order_str;
 
-/* Item strings "b.o" for small b and o, made once. */
+/* Item strings "b.o" for small b and o, and "n" for small n, made once. */
 #define ITEM_B 8
 #define ITEM_O 128
 static PyObject *items[ITEM_B][ITEM_O];
+static PyObject *numbers[ITEM_O];
 
 static int
 register_type(RecordType *t, PyObject *cls, PyObject *names)
 {
     if (!PyType_Check(cls) || !PyTuple_Check(names) || PyTuple_GET_SIZE(names) > MAX_FIELDS) {
-        PyErr_SetString(PyExc_TypeError, "register: a class and a tuple of at most 16 field names");
+        PyErr_SetString(PyExc_TypeError, "register: a class and a tuple of at most 20 field names");
         return -1;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(names);
@@ -93,19 +98,22 @@ static PyObject *
 register_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "register(RecordKey, key_fields, LabResult, lab_fields)");
+    registered = 0;
+    if (nargs != 2 * N_TYPES) {
+        PyErr_SetString(PyExc_TypeError, "register(RecordKey, fields, LabResult, fields, Prescription, fields)");
         return NULL;
     }
-    if (register_type(&types[KEY_TYPE], args[0], args[1]) < 0 ||
-        register_type(&types[LAB_TYPE], args[2], args[3]) < 0) {
-        return NULL;
+    for (int t = 0; t < N_TYPES; t++) {
+        if (register_type(&types[t], args[2 * t], args[2 * t + 1]) < 0) {
+            return NULL;
+        }
+        if (types[t].n != type_fields[t]) {
+            PyErr_Format(PyExc_TypeError, "register: %R has %zd fields, not %zd", args[2 * t], types[t].n,
+                         type_fields[t]);
+            return NULL;
+        }
     }
-    if (types[KEY_TYPE].n != 5 || types[LAB_TYPE].n != 11) {
-        types[KEY_TYPE].cls = types[LAB_TYPE].cls = NULL;
-        PyErr_SetString(PyExc_TypeError, "register: RecordKey has 5 fields and LabResult 11");
-        return NULL;
-    }
+    registered = 1;
     Py_RETURN_NONE;
 }
 
@@ -190,6 +198,18 @@ item_string(Py_ssize_t b, Py_ssize_t o)
     return PyUnicode_FromFormat("%zd.%zd", b, o);
 }
 
+static PyObject *
+number_string(Py_ssize_t n)
+{
+    if (n < ITEM_O) {
+        if (numbers[n] == NULL) {
+            numbers[n] = PyUnicode_FromFormat("%zd", n);
+        }
+        return Py_XNewRef(numbers[n]);
+    }
+    return PyUnicode_FromFormat("%zd", n);
+}
+
 static inline int
 has_backslash(PyObject *s)
 {
@@ -222,7 +242,7 @@ map_lab(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *segments = args[0], *head = args[1], *comp_s = args[2], *codings = args[3], *coding = args[4],
              *to_iso = args[5], *unescape = args[6], *warnings = args[7];
-    if (types[LAB_TYPE].cls == NULL) {
+    if (!registered) {
         PyErr_SetString(PyExc_RuntimeError, "map_lab: record types not registered");
         return NULL;
     }
@@ -395,12 +415,223 @@ finish:
     return out;
 }
 
+static const Py_ssize_t orc_fields[] = {4, 9}, tq1_fields[] = {3, 6, 7, 8}, rxr_fields[] = {1},
+                        rxe_fields[] = {2, 3, 5, 6, 10, 11, 19};
+
+/* The first segment with ID sid among segments [from, to), or NULL. */
+static PyObject *
+first_in(PyObject *segments, Py_ssize_t from, Py_ssize_t to, const char *sid)
+{
+    for (Py_ssize_t i = from; i < to; i++) {
+        PyObject *seg = PyList_GET_ITEM(segments, i);
+        if (is_sid(PyList_GET_ITEM(seg, 0), sid)) {
+            return seg;
+        }
+    }
+    return NULL;
+}
+
+/* TQ1-6 service duration n^d: n when the unit is exactly "d", else "". */
+static PyObject *
+days_of(PyObject *duration, Py_UCS4 comp)
+{
+    Py_ssize_t first = find_char(duration, comp, 0);
+    if (first == -2) {
+        return NULL;
+    }
+    if (first < 0) {
+        return Py_NewRef(empty_str);
+    }
+    Py_ssize_t second = find_char(duration, comp, first + 1);
+    if (second == -2) {
+        return NULL;
+    }
+    if (second < 0) {
+        second = PyUnicode_GET_LENGTH(duration);
+    }
+    if (second == first + 2 && PyUnicode_READ_CHAR(duration, first + 1) == 'd') {
+        return PyUnicode_Substring(duration, 0, first);
+    }
+    return Py_NewRef(empty_str);
+}
+
+/* map_rx_order(segments, key_head, comp, sub, coding, to_iso, warnings): the Prescriptions of an RDE
+ * message (OMP-01), as agent.ssmix2.mapping._map_rde_oral builds them; None when a segment is not a list of
+ * at least RX_MIN_FIELDS str, or when there is no RXE in an order group (the Python mapper then says so). */
+static PyObject *
+map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "map_rx_order takes 7 arguments");
+        return NULL;
+    }
+    PyObject *segments = args[0], *head = args[1], *comp_s = args[2], *sub = args[3], *coding = args[4],
+             *to_iso = args[5], *warnings = args[6];
+    if (!registered) {
+        PyErr_SetString(PyExc_RuntimeError, "map_rx_order: record types not registered");
+        return NULL;
+    }
+    if (!PyList_Check(segments) || !PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 4 ||
+        !PyUnicode_Check(comp_s) || PyUnicode_GET_LENGTH(comp_s) != 1 || !PyList_Check(warnings)) {
+        PyErr_SetString(PyExc_TypeError, "map_rx_order: bad arguments");
+        return NULL;
+    }
+    Py_UCS4 comp = PyUnicode_READ_CHAR(comp_s, 0);
+    Py_ssize_t nseg = PyList_GET_SIZE(segments), start = -1, rxes = 0;
+    for (Py_ssize_t i = 0; i < nseg; i++) {
+        PyObject *seg = PyList_GET_ITEM(segments, i);
+        if (!PyList_Check(seg) || PyList_GET_SIZE(seg) < RX_MIN_FIELDS ||
+            !PyUnicode_CheckExact(PyList_GET_ITEM(seg, 0))) {
+            Py_RETURN_NONE;
+        }
+        PyObject *sid = PyList_GET_ITEM(seg, 0);
+        if (start < 0 && is_sid(sid, "ORC")) {
+            start = i;
+        }
+        if (start >= 0 && is_sid(sid, "RXE")) {
+            rxes++;
+        }
+    }
+    if (rxes == 0) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t warned = PyList_GET_SIZE(warnings), n = 0;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t g = start; g < nseg;) {
+        Py_ssize_t end = g + 1;
+        while (end < nseg && !is_sid(PyList_GET_ITEM(PyList_GET_ITEM(segments, end), 0), "ORC")) {
+            end++;
+        }
+        PyObject *orc = PyList_GET_ITEM(segments, g);
+        PyObject *tq1 = first_in(segments, g, end, "TQ1"), *rxr = first_in(segments, g, end, "RXR");
+        if (!fields_are_str(orc, orc_fields, 2) || (tq1 != NULL && !fields_are_str(tq1, tq1_fields, 4)) ||
+            (rxr != NULL && !fields_are_str(rxr, rxr_fields, 1))) {
+            goto not_here;
+        }
+        /* The group's parts (owned), released at the end of the group. */
+        PyObject *route = NULL, *ordered_at = NULL, *usage = NULL, *days = NULL, *from = NULL, *until = NULL;
+        int failed = 1;
+        route = rxr != NULL ? PyObject_CallOneArg(coding, PyList_GET_ITEM(rxr, 1)) : Py_NewRef(Py_None);
+        if (route == NULL || (ordered_at = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(orc, 9))) == NULL) {
+            goto group_done; /* RXR-1 route, ORC-9 date/time of transaction */
+        }
+        if (tq1 == NULL) {
+            usage = Py_NewRef(Py_None);
+            days = Py_NewRef(empty_str);
+            from = Py_NewRef(empty_str);
+            until = Py_NewRef(empty_str);
+        } else {
+            PyObject *pattern = before(PyList_GET_ITEM(tq1, 3), comp); /* TQ1-3 repeat pattern (JAMI usage) */
+            if (pattern == NULL) {
+                goto group_done;
+            }
+            PyObject *call[2] = {pattern, sub};
+            usage = PyObject_Vectorcall(coding, call, 2, NULL);
+            Py_DECREF(pattern);
+            if (usage == NULL || (days = days_of(PyList_GET_ITEM(tq1, 6), comp)) == NULL ||
+                (from = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(tq1, 7))) == NULL ||
+                (until = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(tq1, 8))) == NULL) {
+                goto group_done;
+            }
+        }
+        for (Py_ssize_t i = g; i < end; i++) {
+            PyObject *seg = PyList_GET_ITEM(segments, i);
+            if (!is_sid(PyList_GET_ITEM(seg, 0), "RXE")) {
+                continue;
+            }
+            if (!fields_are_str(seg, rxe_fields, sizeof rxe_fields / sizeof rxe_fields[0])) {
+                failed = 2;
+                goto group_done;
+            }
+            n++;
+            PyObject *drug = PyObject_CallOneArg(coding, PyList_GET_ITEM(seg, 2)); /* RXE-2 give code (HOT9) */
+            if (drug == NULL) {
+                goto group_done;
+            }
+            if (drug == Py_None) {
+                Py_DECREF(drug);
+                PyObject *w = PyUnicode_FromString("RXE without a drug code");
+                int rc = w == NULL ? -1 : PyList_Append(warnings, w);
+                Py_XDECREF(w);
+                if (rc < 0) {
+                    goto group_done;
+                }
+                continue;
+            }
+            PyObject *unit = NULL, *form = NULL, *total = NULL, *dunit = NULL, *item = NULL, *key = NULL,
+                     *rec = NULL;
+            if ((unit = PyObject_CallOneArg(coding, PyList_GET_ITEM(seg, 5))) != NULL && /* RXE-5 units */
+                (form = PyObject_CallOneArg(coding, PyList_GET_ITEM(seg, 6))) != NULL && /* RXE-6 form */
+                (total = before(PyList_GET_ITEM(seg, 19), comp)) != NULL &&              /* RXE-19 daily dose */
+                (dunit = PyObject_CallOneArg(coding, PyList_GET_ITEM(seg, 11))) != NULL && /* RXE-11 */
+                (item = number_string(n)) != NULL) {
+                PyObject *kv[5] = {PyTuple_GET_ITEM(head, 0), PyTuple_GET_ITEM(head, 1), PyTuple_GET_ITEM(head, 2),
+                                   PyTuple_GET_ITEM(head, 3), item};
+                key = make(&types[KEY_TYPE], kv);
+            }
+            if (key != NULL) {
+                PyObject *rv[17] = {
+                    key,   order_str, drug, PyList_GET_ITEM(seg, 3), /* RXE-3 give amount - minimum */
+                    unit,  form,      total,
+                    PyList_GET_ITEM(seg, 10), /* RXE-10 dispense amount */
+                    dunit, usage,     days,   route, from, until, ordered_at,
+                    PyList_GET_ITEM(orc, 4), /* ORC-4 placer group number (Rp) */
+                    empty_str,
+                };
+                rec = make(&types[RX_TYPE], rv);
+            }
+            int ok = rec != NULL && PyList_Append(out, rec) == 0;
+            Py_XDECREF(rec);
+            Py_XDECREF(key);
+            Py_XDECREF(item);
+            Py_XDECREF(dunit);
+            Py_XDECREF(total);
+            Py_XDECREF(form);
+            Py_XDECREF(unit);
+            Py_DECREF(drug);
+            if (!ok) {
+                goto group_done;
+            }
+        }
+        failed = 0;
+    group_done:
+        Py_XDECREF(route);
+        Py_XDECREF(ordered_at);
+        Py_XDECREF(usage);
+        Py_XDECREF(days);
+        Py_XDECREF(from);
+        Py_XDECREF(until);
+        if (failed == 2) {
+            goto not_here;
+        }
+        if (failed) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        g = end;
+    }
+    return out;
+not_here:
+    Py_DECREF(out);
+    if (PyList_SetSlice(warnings, warned, PyList_GET_SIZE(warnings), NULL) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"register", (PyCFunction)(void (*)(void))register_records, METH_FASTCALL,
-     "register(RecordKey, key_fields, LabResult, lab_fields): the record classes and their fields in order."},
+     "register(RecordKey, fields, LabResult, fields, Prescription, fields): the record classes, fields in order."},
     {"map_lab", (PyCFunction)(void (*)(void))map_lab, METH_FASTCALL,
      "map_lab(segments, key_head, comp, codings, coding, to_iso, unescape, warnings): the LabResults of an\n"
      "OUL message, as agent.ssmix2.mapping._map_oul builds them, or None."},
+    {"map_rx_order", (PyCFunction)(void (*)(void))map_rx_order, METH_FASTCALL,
+     "map_rx_order(segments, key_head, comp, sub, coding, to_iso, warnings): the Prescriptions of an RDE\n"
+     "message (OMP-01), as agent.ssmix2.mapping._map_rde_oral builds them, or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -413,7 +644,8 @@ PyMODINIT_FUNC
 PyInit__fastmap(void)
 {
     empty_str = PyUnicode_FromStringAndSize("", 0);
-    if (empty_str == NULL) {
+    order_str = PyUnicode_InternFromString("order");
+    if (empty_str == NULL || order_str == NULL) {
         return NULL;
     }
     return PyModule_Create(&module);

@@ -5,7 +5,13 @@ from collections.abc import Callable
 from hakobune.records import Coding, Record
 
 def register(
-    key_type: type, key_fields: tuple[str, ...], lab_type: type, lab_fields: tuple[str, ...], /
+    key_type: type,
+    key_fields: tuple[str, ...],
+    lab_type: type,
+    lab_fields: tuple[str, ...],
+    rx_type: type,
+    rx_fields: tuple[str, ...],
+    /,
 ) -> None: ...
 def map_lab(
     segments: list[list[str]],
@@ -15,6 +21,16 @@ def map_lab(
     coding: Callable[[str], Coding | None],
     to_iso: Callable[[str], str],
     unescape: Callable[[str], str],
+    warnings: list[str],
+    /,
+) -> list[Record] | None: ...
+def map_rx_order(
+    segments: list[list[str]],
+    key_head: tuple[str, str, str, str],
+    comp: str,
+    sub: str,
+    coding: Callable[[str, str | None], Coding | None],
+    to_iso: Callable[[str], str],
     warnings: list[str],
     /,
 ) -> list[Record] | None: ...

@@ -245,6 +245,17 @@ def _first(group: list[list[str]], sid: str) -> list[str] | None:
 
 
 def _map_rde_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    fast = fast_rx_order
+    if fast is not None:
+        n = ctx.name
+        head = (n.patient_id, n.care_date, n.data_type, n.order_no)
+        out = fast(msg.segments, head, ctx.comp, ctx.sub, ctx.coding, to_iso, w)
+        if out is not None:
+            return out
+    return _map_rde_oral_python(ctx, msg, w)
+
+
+def _map_rde_oral_python(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     # Hot: positional construction in Prescription's field order, locals for look-ups.
     out: list[Record] = []
     n = 0
@@ -417,29 +428,30 @@ def _map_ras_injection(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 
 _CODED = frozenset(("CWE", "CE", "CNE"))
 
-LabMapper = Callable[..., list[Record] | None]
+FastMapper = Callable[..., list[Record] | None]
 
 
-def _load_fast_lab() -> LabMapper | None:
-    """The compiled lab mapper (agent/ssmix2/_fastmap.c), given the record classes; None without it (or with
-    ``HAKOBUNE_PURE_PYTHON=1``)."""
+def _load_fast_mappers() -> tuple[FastMapper | None, FastMapper | None]:
+    """The compiled lab and prescription-order mappers (agent/ssmix2/_fastmap.c), given the record classes;
+    None without them (or with ``HAKOBUNE_PURE_PYTHON=1``)."""
     if os.environ.get("HAKOBUNE_PURE_PYTHON"):
-        return None
+        return None, None
     try:
         from agent.ssmix2 import _fastmap
     except ImportError:
-        return None
+        return None, None
+
+    def names(cls: type) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
     _fastmap.register(
-        RecordKey,
-        tuple(f.name for f in fields(RecordKey)),
-        LabResult,
-        tuple(f.name for f in fields(LabResult)),
+        RecordKey, names(RecordKey), LabResult, names(LabResult), Prescription, names(Prescription)
     )
-    return _fastmap.map_lab
+    return _fastmap.map_lab, _fastmap.map_rx_order
 
 
-#: The compiled form of :func:`_map_oul`'s loop (same records; tests compare the two), or None.
-fast_lab: LabMapper | None = _load_fast_lab()
+#: The compiled forms of :func:`_map_oul` and :func:`_map_rde_oral` (same records; tests compare), or None.
+fast_lab, fast_rx_order = _load_fast_mappers()
 
 
 def _map_oul(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:

@@ -1,4 +1,5 @@
-"""The compiled lab mapper (agent/ssmix2/_fastmap.c) against the Python mapper it stands in for.
+"""The compiled lab and prescription-order mappers (agent/ssmix2/_fastmap.c) against the Python mappers
+they stand in for.
 
 Wherever it answers, the records and warnings must be exactly the Python mapper's (same values, same types,
 same keys); where a segment is not what the reader makes (a field that is not a str), it must step aside
@@ -26,16 +27,19 @@ from tests.agent.test_fast_path import _outcome, _reference_outcome
 
 MANY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAME = parse_name("1234567_20240401_OML-11_000000000000001_20240401120000000_01_1")
+RX_NAME = parse_name("1234567_20240401_OMP-01_000000000000001_20240401120000000_01_1")
 
 
 def test_the_compiled_lab_mapper_is_built_where_ci_runs() -> None:
-    if mapping.fast_lab is None:
+    if mapping.fast_lab is None or mapping.fast_rx_order is None:
         if os.environ.get("CI"):
             pytest.fail("agent.ssmix2._fastmap is not built (make setup compiles it with gcc)")
         pytest.skip("compiled lab mapper not built here")
 
 
-needs_fast = pytest.mark.skipif(mapping.fast_lab is None, reason="compiled lab mapper not built")
+needs_fast = pytest.mark.skipif(
+    mapping.fast_lab is None or mapping.fast_rx_order is None, reason="compiled mappers not built"
+)
 
 
 def _both(segments: list[list[str]]) -> tuple[tuple[list[Record], list[str]], tuple[list[Record], list[str]]]:
@@ -139,6 +143,100 @@ def test_records_from_real_lab_files_are_the_same_on_both_paths(samples: Path) -
         w1: list[str] = []
         w2: list[str] = []
         assert mapping._map_oul(ctx, msg, w1) == mapping._map_oul_python(ctx, msg, w2)
+        assert w1 == w2
+        seen += 1
+    assert seen > 0
+
+
+# -- prescription orders (OMP-01) -----------------------------------------------------------------------
+
+_RX_TEXT = st.text(alphabet="A1^&~\\京 d", max_size=8)
+
+
+def _rx_both(segments: list[list[str]]) -> tuple[object, object]:
+    msg = Message(segments)
+    ctx = mapping._Ctx(msg, RX_NAME)
+
+    def run(mapper: object) -> object:
+        w: list[str] = []
+        try:
+            out = mapper(ctx, msg, w)  # type: ignore[operator]
+        except mapping.MissingSegment as e:
+            return ("missing", str(e), w)
+        return (out, [type(r) for r in out], [type(r.key) for r in out], w)
+
+    return run(mapping._map_rde_oral), run(mapping._map_rde_oral_python)
+
+
+@st.composite
+def _rx_group(draw: st.DrawFn) -> list[list[str]]:
+    group = [
+        _padded("ORC", ["NW", "1", "", draw(st.sampled_from(["1", "2", ""])), "", "", "", "", draw(_DTM)])
+    ]
+    if draw(st.booleans()):
+        usage = draw(st.sampled_from(["1013044400000000&内服・朝食後&JAMISDP01", "", "x&y"]) | _RX_TEXT)
+        duration = draw(st.sampled_from(["7^d", "7^D", "^d", "3^d^x", "7", "7^dd"]) | _RX_TEXT)
+        group.append(_padded("TQ1", ["1", "", usage, "", "", duration, draw(_DTM), draw(_DTM)]))
+    for _ in range(draw(st.integers(0, 3))):
+        fields = [""] * 19
+        fields[1] = draw(st.sampled_from(["", "620000001^Drug^HOT9", "^text only"]) | _RX_TEXT)
+        fields[2] = draw(st.sampled_from(["1", "0.5", ""]))
+        fields[4] = draw(st.sampled_from(["TAB^錠^MR9P", ""]) | _RX_TEXT)
+        fields[5] = draw(st.sampled_from(["TAB^錠^MR9P", ""]))
+        fields[9] = draw(st.sampled_from(["21", ""]))
+        fields[10] = draw(st.sampled_from(["TAB^錠^MR9P", ""]))
+        fields[18] = draw(st.sampled_from(["3^TAB", "", "^"]) | _RX_TEXT)
+        group.append(_padded("RXE", fields))
+    if draw(st.booleans()):
+        group.append(_padded("RXR", [draw(st.sampled_from(["PO^口^HL70162", ""]) | _RX_TEXT)]))
+    return group
+
+
+@needs_fast
+@MANY
+@given(st.lists(_rx_group(), max_size=4), st.booleans())
+def test_the_compiled_order_mapper_gives_the_python_mappers_records(
+    groups: list[list[list[str]]], lead: bool
+) -> None:
+    head = [_padded("MSH", ["|", "^~\\&"]), _padded("PID", ["1", "", "1234567"])]
+    if lead:  # an RXE before any ORC belongs to no group
+        head.append(_padded("RXE", ["", "620000001^Drug^HOT9"]))
+    fast, slow = _rx_both(head + [seg for g in groups for seg in g])
+    assert fast == slow
+
+
+@needs_fast
+def test_the_order_mapper_steps_aside_for_odd_segments_and_undoes_its_warnings() -> None:
+    assert mapping.fast_rx_order is not None
+    ctx = mapping._Ctx(Message([]), RX_NAME)
+    head = (RX_NAME.patient_id, RX_NAME.care_date, RX_NAME.data_type, RX_NAME.order_no)
+    orc = _padded("ORC", ["NW"])
+    no_drug = _padded("RXE", ["", ""])
+    broken = _padded("RXE", ["", "620000001^Drug^HOT9"])
+    broken[19] = None  # type: ignore[call-overload]
+    warnings = ["earlier"]
+    args = (head, ctx.comp, ctx.sub, ctx.coding, to_iso, warnings)
+    assert mapping.fast_rx_order([orc, no_drug, broken], *args) is None
+    assert warnings == ["earlier"]
+    assert mapping.fast_rx_order([orc], *args) is None  # no RXE: the Python mapper says so
+    assert mapping.fast_rx_order([orc, no_drug[:19]], *args) is None  # shorter than the reader pads
+    assert mapping.fast_rx_order([orc, no_drug], *args) == []
+    assert warnings == ["earlier", "RXE without a drug code"]
+
+
+@needs_fast
+def test_orders_from_real_files_are_the_same_on_both_paths(samples: Path) -> None:
+    seen = 0
+    for path in sorted(samples.rglob("*_OMP-01_*")):
+        name = parse_name(path.name)
+        try:
+            msg = parse(path.read_bytes(), name.data_type)
+        except UnreadableMessage:
+            continue
+        ctx = mapping._Ctx(msg, name)
+        w1: list[str] = []
+        w2: list[str] = []
+        assert mapping._map_rde_oral(ctx, msg, w1) == mapping._map_rde_oral_python(ctx, msg, w2)
         assert w1 == w2
         seen += 1
     assert seen > 0
