@@ -11,10 +11,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from agent.ssmix2 import FileOutcome, Status
-from agent.ssmix2.layout import FLAGS
 from agent.ssmix2.reader import map_patients, read_patients
 from hakobune.parallel import cycle_collection_paused
 
@@ -115,9 +115,27 @@ def merge(into: CheckReport, part: CheckReport) -> None:
     into.quarantine.extend(part.quarantine)
 
 
+def _patient_folder(relpath: str) -> str:
+    """``aaa/bbb/PID`` of a path below a patient folder; "" for a path above one."""
+    a = relpath.find("/")
+    b = relpath.find("/", a + 1) if a >= 0 else -1
+    c = relpath.find("/", b + 1) if b >= 0 else -1
+    return relpath[:c] if c >= 0 else ""
+
+
+_kind = attrgetter("kind")
+
+
 def summarize(outcomes: list[FileOutcome], root: str = "") -> CheckReport:
-    """Summary of the outcomes of whole patient folders (files of one patient are adjacent)."""
+    """Summary of the outcomes of whole patient folders (files of one patient are adjacent).
+
+    Runs once per file of the tree, so the counts are kept in locals and the records counted by kind in
+    one C loop (``Counter.update``)."""
     rep = CheckReport(root=root)
+    by_type = rep.by_type
+    kinds = rep.records_by_kind
+    files = size = read = 0
+    first_date = last_date = ""
     cur_patient = ""
     cur_types: set[str] = set()
     any_read = False
@@ -125,48 +143,59 @@ def summarize(outcomes: list[FileOutcome], root: str = "") -> CheckReport:
     def close_patient() -> None:
         nonlocal any_read
         for t in cur_types:
-            rep.by_type[t].patients += 1
+            by_type[t].patients += 1
         if any_read:
             rep.patients += 1
         cur_types.clear()
         any_read = False
 
     for o in outcomes:
-        rep.files += 1
-        rep.bytes += o.size
-        parts = o.relpath.split("/", 3)
-        folder = "/".join(parts[:3]) if len(parts) > 3 else ""
+        files += 1
+        size += o.size
+        folder = _patient_folder(o.relpath)
         if folder != cur_patient:
             close_patient()
             cur_patient = folder
-        if o.status is Status.QUARANTINED:
+        status = o.status
+        if status is Status.QUARANTINED:
             rep.quarantined += 1
             rep.quarantine.append(QuarantinedFile(o.file_name, o.relpath, o.reason))
             continue
-        if o.status is Status.SKIPPED:
+        if status is Status.SKIPPED:
             rep.skipped += 1
             rep.skipped_by_type[o.name.data_type if o.name else "?"] += 1
             continue
-        assert o.name is not None
-        rep.read += 1
         name = o.name
-        tc = rep.by_type.setdefault(name.data_type, TypeCounts())
+        assert name is not None
+        read += 1
+        data_type = name.data_type
+        tc = by_type.get(data_type)
+        if tc is None:
+            tc = by_type[data_type] = TypeCounts()
         tc.files += 1
-        setattr(tc, FLAGS[name.flag], getattr(tc, FLAGS[name.flag]) + 1)
-        if name.current:
-            cur_types.add(name.data_type)
+        flag = name.flag
+        if flag == "1":
+            tc.current += 1
+            cur_types.add(data_type)
             any_read = True
-            tc.records += len(o.records)
-            for r in o.records:
-                rep.records_by_kind[r.kind] += 1
-        if name.care_date != "-":
-            if not rep.first_date or name.care_date < rep.first_date:
-                rep.first_date = name.care_date
-            if name.care_date > rep.last_date:
-                rep.last_date = name.care_date
-        for w in o.warnings:
-            rep.warnings[w] += 1
+            records = o.records
+            tc.records += len(records)
+            kinds.update(map(_kind, records))
+        elif flag == "2":
+            tc.superseded += 1
+        else:
+            tc.deleted += 1
+        care_date = name.care_date
+        if care_date != "-":
+            if not first_date or care_date < first_date:
+                first_date = care_date
+            if care_date > last_date:
+                last_date = care_date
+        if o.warnings:
+            rep.warnings.update(o.warnings)
     close_patient()
+    rep.files, rep.bytes, rep.read = files, size, read
+    rep.first_date, rep.last_date = first_date, last_date
     return rep
 
 
