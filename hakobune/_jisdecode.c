@@ -160,9 +160,9 @@ walk(const unsigned char *p, Py_ssize_t n, Py_UCS2 *out, Py_ssize_t *marks, Py_s
  * direct-mapped cache of CACHE_SLOTS strings of 2..CACHE_MAX_CHARS characters hands out the same str instead
  * of allocating (and later freeing) a new one, and the shared str keeps its hash for the mappers' code
  * caches.  Strings are immutable, so sharing is invisible; a slot holds one string and is overwritten on a
- * miss, so the cache never holds more than CACHE_SLOTS small strings (about 1 MB). */
+ * miss, so the cache never holds more than CACHE_SLOTS small strings (under 3 MB). */
 #define CACHE_SLOTS 16384
-#define CACHE_MAX_CHARS 24
+#define CACHE_MAX_CHARS 48
 static PyObject *cache[CACHE_SLOTS];
 
 static inline int

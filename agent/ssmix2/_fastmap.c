@@ -13,18 +13,19 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 /* The minimum number of fields a segment must have (the reader pads to agent.ssmix2.message.PAD = 26). */
 #define MIN_FIELDS 15
 #define RX_MIN_FIELDS 20
 #define MAX_FIELDS 20
 
-/* A registered record type: the class and the slot descriptors of its dataclass fields, in order. */
+/* A registered record type: the class and where in an instance each of its dataclass fields' slots is,
+ * in field order (the offsets its slot descriptors hold). */
 typedef struct {
     PyTypeObject *cls;
     Py_ssize_t n;
-    PyObject *descr[MAX_FIELDS];
-    descrsetfunc set[MAX_FIELDS];
+    Py_ssize_t offset[MAX_FIELDS];
 } RecordType;
 
 /* The record types register() is given, in this order, each with this many fields. */
@@ -54,21 +55,26 @@ register_type(RecordType *t, PyObject *cls, PyObject *names)
         if (d == NULL) {
             return -1;
         }
-        if (!Py_IS_TYPE(d, &PyMemberDescr_Type) || Py_TYPE(d)->tp_descr_set == NULL) {
-            Py_DECREF(d);
+        /* A __slots__ slot: a member descriptor of the class itself, an object slot, writable. */
+        PyMemberDef *m = Py_IS_TYPE(d, &PyMemberDescr_Type) ? ((PyMemberDescrObject *)d)->d_member : NULL;
+        int ok = m != NULL && ((PyDescrObject *)d)->d_type == (PyTypeObject *)cls && m->type == T_OBJECT_EX &&
+                 !(m->flags & READONLY) && m->offset > 0 &&
+                 m->offset + (Py_ssize_t)sizeof(PyObject *) <= ((PyTypeObject *)cls)->tp_basicsize;
+        Py_DECREF(d);
+        if (!ok) {
             PyErr_Format(PyExc_TypeError, "register: field %R of %R is not a slot", PyTuple_GET_ITEM(names, i),
                          cls);
             return -1;
         }
-        Py_XSETREF(t->descr[i], d);
-        t->set[i] = Py_TYPE(d)->tp_descr_set;
+        t->offset[i] = m->offset;
     }
     Py_XSETREF(t->cls, (PyTypeObject *)Py_NewRef(cls));
     t->n = n;
     return 0;
 }
 
-/* A new instance of t with its fields set to values[0..n) (borrowed references).
+/* A new instance of t with its fields set to values[0..n) (borrowed references): stored into the slots as
+ * the slot descriptors store them (the new instance's slots are all empty, so there is nothing to release).
  *
  * The instance is untracked by the cyclic garbage collector: a record refers only to strings, None and
  * other records, none of which can refer back to it, so it can never be part of a cycle (references from
@@ -83,10 +89,7 @@ make(RecordType *t, PyObject *const *values)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < t->n; i++) {
-        if (t->set[i](t->descr[i], obj, values[i]) < 0) {
-            Py_DECREF(obj);
-            return NULL;
-        }
+        *(PyObject **)((char *)obj + t->offset[i]) = Py_NewRef(values[i]);
     }
     if (PyObject_IS_GC(obj)) {
         PyObject_GC_UnTrack(obj);
