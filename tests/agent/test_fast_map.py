@@ -263,3 +263,41 @@ def test_long_ascii_runs_decode_and_split_the_same_on_both_paths(body: bytes, le
     if split_standard(raw, PAD) is not None:
         assert hl7._fast_path.decode is not None
     assert _outcome(raw) == _reference_outcome(raw)
+
+
+@needs_fast
+def test_registration_refuses_what_is_not_an_object_slot_of_the_class() -> None:
+    from dataclasses import dataclass, fields
+
+    from agent.ssmix2 import _fastmap
+    from hakobune.records import Prescription
+
+    class Plain:  # no __slots__: its fields would live in a __dict__
+        x = 1
+
+    @dataclass(slots=True)
+    class Base:
+        key: object
+
+    @dataclass(slots=True)
+    class Derived(Base):  # "key" is a slot of the base class, not of this one
+        other: object
+
+    def names(cls: type) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    good = [RecordKey, names(RecordKey), LabResult, names(LabResult), Prescription, names(Prescription)]
+    try:
+        with pytest.raises(TypeError, match="is not a slot"):
+            _fastmap.register(Plain, ("x",), *good[2:])
+        with pytest.raises(TypeError, match="is not a slot"):
+            _fastmap.register(Derived, ("key", "other"), *good[2:])
+        with pytest.raises(TypeError, match="has 2 fields, not 5"):
+            _fastmap.register(Base, ("key", "key"), *good[2:])
+        assert mapping.fast_lab is not None
+        with pytest.raises(RuntimeError, match="not registered"):
+            mapping.fast_lab([], ("a", "b", "c", "d"), "^", {}, lambda v: None, to_iso, unescape, [])
+    finally:
+        _fastmap.register(*good)
+    (fast, _), (slow, _) = _both([_padded("OBX", ["1", "NM", "C^x^JC10", "", "1"])])
+    assert fast == slow and fast
