@@ -177,6 +177,14 @@ def main() -> None:
             f"CPU user {r['cpu_user']} s, kernel {r['cpu_system']} s  "
             f"peak RSS {mb(r['peak_rss_total'])} total, {mb(r['peak_rss_single_process'])} largest process"
         )
+    r1 = results["reader_1w"]
+    assert isinstance(r1, dict)
+    user_us, kernel_us = r1["cpu_user"] / files * 1e6, r1["cpu_system"] / files * 1e6
+    print(
+        f"reader, per file on one core: user {user_us:.0f} µs, kernel {kernel_us:.0f} µs "
+        f"(the kernel's part alone, listing ~1.5 folders and reading one file, allows at most "
+        f"{1e6 / kernel_us:,.0f} files/s per core here)"
+    )
     print(
         "parse+map in memory (the reader's own work, no file system): "
         f"{results['parse_in_memory_files_per_s_per_core']:,} files per CPU second "
