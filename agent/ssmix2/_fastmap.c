@@ -1,15 +1,17 @@
-/* Compiled fast path of the SS-MIX2 lab mapper (agent.ssmix2.mapping._map_oul) and of record construction.
+/* Compiled fast path of the SS-MIX2 mappers for lab results (agent.ssmix2.mapping._map_oul) and prescription
+ * orders (_map_rde_oral), and of record construction.
  *
- * A lab file (OML-11) holds most of a hospital's records: ~24 results each.  In Python, building one
- * LabResult costs ~3 us, a third of it in the two dataclass __init__ calls (LabResult, RecordKey).  This
- * module does the same loop in C and fills the records' slots directly, through the slot descriptors
- * (what pickle does for slotted objects: allocate, then set each slot), which costs ~0.1 us.
+ * Lab files (OML-11) and prescription orders (OMP-01) hold most of a hospital's records: a lab file ~24
+ * results.  In Python, building one LabResult costs ~3 us, a third of it in the two dataclass __init__
+ * calls (LabResult, RecordKey).  This module does the same loops in C and stores each field at its slot's
+ * offset, as the slot descriptor would (what pickle does for slotted objects: allocate, then set each
+ * slot), which costs ~0.1 us.
  *
  * This is an optimisation, not a second mapper: every decision that needs Python stays in Python and is
  * called from here -- the coding cache and its parser (ctx.coding), HL7 unescaping (hakobune.hl7.unescape),
- * dates (hakobune.hl7.to_iso) -- and anything unexpected (a segment that is not a padded field list) gives
- * None, and the caller runs the Python mapper.  tests/agent/test_fast_map.py compares both on generated
- * and hostile messages.
+ * dates (hakobune.hl7.to_iso) -- and anything unexpected (a segment that is not a padded field list, an
+ * order message without RXE) gives None, and the caller runs the Python mapper.
+ * tests/agent/test_fast_map.py compares both on generated and hostile messages.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -157,24 +159,37 @@ before(PyObject *s, Py_UCS4 ch)
     return PyUnicode_Substring(s, 0, at);
 }
 
+/* Where s's second component is: 1 with [*start, *end) set, 0 when s has a single component, -1 on an
+ * error. */
+static int
+second_component(PyObject *s, Py_UCS4 comp, Py_ssize_t *start, Py_ssize_t *end)
+{
+    Py_ssize_t first = find_char(s, comp, 0);
+    if (first == -2) {
+        return -1;
+    }
+    if (first < 0) {
+        return 0;
+    }
+    Py_ssize_t second = find_char(s, comp, first + 1);
+    if (second == -2) {
+        return -1;
+    }
+    *start = first + 1;
+    *end = second < 0 ? PyUnicode_GET_LENGTH(s) : second;
+    return 1;
+}
+
 /* A CWE value's text as the mapper keeps it: component 2 when present and not empty, else component 1. */
 static PyObject *
 coded_value(PyObject *s, Py_UCS4 comp)
 {
-    Py_ssize_t first = find_char(s, comp, 0);
-    if (first == -2) {
-        return NULL;
+    Py_ssize_t first, second;
+    int has = second_component(s, comp, &first, &second);
+    if (has <= 0) {
+        return has < 0 ? NULL : Py_NewRef(s);
     }
-    if (first < 0) {
-        return Py_NewRef(s);
-    }
-    Py_ssize_t second = find_char(s, comp, first + 1);
-    if (second == -2) {
-        return NULL;
-    }
-    if (second < 0) {
-        second = PyUnicode_GET_LENGTH(s);
-    }
+    first -= 1; /* the separator before it */
     if (second > first + 1) {
         return PyUnicode_Substring(s, first + 1, second);
     }
@@ -438,22 +453,13 @@ first_in(PyObject *segments, Py_ssize_t from, Py_ssize_t to, const char *sid)
 static PyObject *
 days_of(PyObject *duration, Py_UCS4 comp)
 {
-    Py_ssize_t first = find_char(duration, comp, 0);
-    if (first == -2) {
+    Py_ssize_t start, end;
+    int has = second_component(duration, comp, &start, &end);
+    if (has < 0) {
         return NULL;
     }
-    if (first < 0) {
-        return Py_NewRef(empty_str);
-    }
-    Py_ssize_t second = find_char(duration, comp, first + 1);
-    if (second == -2) {
-        return NULL;
-    }
-    if (second < 0) {
-        second = PyUnicode_GET_LENGTH(duration);
-    }
-    if (second == first + 2 && PyUnicode_READ_CHAR(duration, first + 1) == 'd') {
-        return PyUnicode_Substring(duration, 0, first);
+    if (has && end == start + 1 && PyUnicode_READ_CHAR(duration, start) == 'd') {
+        return PyUnicode_Substring(duration, 0, start - 1);
     }
     return Py_NewRef(empty_str);
 }
@@ -639,7 +645,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_fastmap", "Fast path of the SS-MIX2 lab mapper (see the C source).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_fastmap", "Fast path of the SS-MIX2 lab and order mappers (see the C source).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -10,6 +10,7 @@ long ASCII runs cut at every offset by escapes, high bytes and delimiters.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from hakobune.hl7 import decode_python, split_standard, to_iso, unescape
 from hakobune.records import LabResult, Record, RecordKey
 from tests.agent.test_fast_path import _outcome, _reference_outcome
 
+Mapper = Callable[[mapping._Ctx, Message, list[str]], list[Record]]
 MANY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAME = parse_name("1234567_20240401_OML-11_000000000000001_20240401120000000_01_1")
 RX_NAME = parse_name("1234567_20240401_OMP-01_000000000000001_20240401120000000_01_1")
@@ -131,9 +133,18 @@ def test_a_field_that_is_not_a_string_makes_it_step_aside_and_undo_its_warnings(
 
 
 @needs_fast
-def test_records_from_real_lab_files_are_the_same_on_both_paths(samples: Path) -> None:
+@pytest.mark.parametrize(
+    ("data_type", "fast", "reference"),
+    [
+        ("OML-11", mapping._map_oul, mapping._map_oul_python),
+        ("OMP-01", mapping._map_rde_oral, mapping._map_rde_oral_python),
+    ],
+)
+def test_records_from_real_files_are_the_same_on_both_paths(
+    samples: Path, data_type: str, fast: Mapper, reference: Mapper
+) -> None:
     seen = 0
-    for path in sorted(samples.rglob("*_OML-11_*")):
+    for path in sorted(samples.rglob(f"*_{data_type}_*")):
         name = parse_name(path.name)
         try:
             msg = parse(path.read_bytes(), name.data_type)
@@ -142,7 +153,7 @@ def test_records_from_real_lab_files_are_the_same_on_both_paths(samples: Path) -
         ctx = mapping._Ctx(msg, name)
         w1: list[str] = []
         w2: list[str] = []
-        assert mapping._map_oul(ctx, msg, w1) == mapping._map_oul_python(ctx, msg, w2)
+        assert fast(ctx, msg, w1) == reference(ctx, msg, w2)
         assert w1 == w2
         seen += 1
     assert seen > 0
@@ -222,24 +233,6 @@ def test_the_order_mapper_steps_aside_for_odd_segments_and_undoes_its_warnings()
     assert mapping.fast_rx_order([orc, no_drug[:19]], *args) is None  # shorter than the reader pads
     assert mapping.fast_rx_order([orc, no_drug], *args) == []
     assert warnings == ["earlier", "RXE without a drug code"]
-
-
-@needs_fast
-def test_orders_from_real_files_are_the_same_on_both_paths(samples: Path) -> None:
-    seen = 0
-    for path in sorted(samples.rglob("*_OMP-01_*")):
-        name = parse_name(path.name)
-        try:
-            msg = parse(path.read_bytes(), name.data_type)
-        except UnreadableMessage:
-            continue
-        ctx = mapping._Ctx(msg, name)
-        w1: list[str] = []
-        w2: list[str] = []
-        assert mapping._map_rde_oral(ctx, msg, w1) == mapping._map_rde_oral_python(ctx, msg, w2)
-        assert w1 == w2
-        seen += 1
-    assert seen > 0
 
 
 # -- the compiled split's 16-byte ASCII step ---------------------------------------------------------------
