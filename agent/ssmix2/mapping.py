@@ -101,7 +101,7 @@ class _Ctx:
 def _pid(ctx: _Ctx, msg: Message, warnings: Warnings) -> list[str] | None:
     for seg in msg.segments:
         if seg[0] == "PID":
-            pid3 = ctx.comps(ctx.first_rep(seg[3]))[0]
+            pid3 = seg[3].split(ctx.rep, 1)[0].split(ctx.comp, 1)[0]  # PID-3: first repetition, ID number
             if pid3 and pid3 != ctx.name.patient_id:
                 warnings.append("PID-3 differs from the file's patient ID")
             return seg
