@@ -196,12 +196,19 @@ coded_value(PyObject *s, Py_UCS4 comp)
     return PyUnicode_Substring(s, 0, first);
 }
 
-/* OBX-2 value types whose value is coded (agent.ssmix2.mapping._CODED). */
+/* OBX-2 value types whose value is coded (agent.ssmix2.mapping._CODED): CWE, CE, CNE. */
 static inline int
 is_coded(PyObject *vtype)
 {
-    return PyUnicode_CompareWithASCIIString(vtype, "CWE") == 0 || PyUnicode_CompareWithASCIIString(vtype, "CE") == 0 ||
-           PyUnicode_CompareWithASCIIString(vtype, "CNE") == 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(vtype);
+    if (n < 2 || n > 3 || PyUnicode_KIND(vtype) != PyUnicode_1BYTE_KIND) {
+        return 0;
+    }
+    const Py_UCS1 *c = PyUnicode_1BYTE_DATA(vtype);
+    if (n == 2) {
+        return c[0] == 'C' && c[1] == 'E';
+    }
+    return c[0] == 'C' && ((c[1] == 'W' && c[2] == 'E') || (c[1] == 'N' && c[2] == 'E'));
 }
 
 static PyObject *
