@@ -241,6 +241,29 @@ has_backslash(PyObject *s)
     return find_char(s, '\\', 0) >= 0;
 }
 
+/* ctx.coding(value) (or, with sep, ctx.coding(value, sep)), its cache read here first: None for an empty
+ * value, the cached Coding (or None) when codings holds value, else what Python's coding() makes (and
+ * caches). */
+static PyObject *
+cached_coding(PyObject *codings, PyObject *coding, PyObject *value, PyObject *sep)
+{
+    if (PyUnicode_GET_LENGTH(value) == 0) {
+        return Py_NewRef(Py_None);
+    }
+    PyObject *hit = PyDict_GetItemWithError(codings, value);
+    if (hit != NULL) {
+        return Py_NewRef(hit);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (sep == NULL) {
+        return PyObject_CallOneArg(coding, value);
+    }
+    PyObject *call[2] = {value, sep};
+    return PyObject_Vectorcall(coding, call, 2, NULL);
+}
+
 static const Py_ssize_t obx_fields[] = {2, 3, 5, 6, 7, 8, 11, 14}, spm_fields[] = {4}, obr_fields[] = {4, 7};
 
 static inline int
@@ -306,13 +329,9 @@ map_lab(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto not_here;
             }
             o++;
-            PyObject *obx3 = PyList_GET_ITEM(seg, 3); /* OBX-3 observation identifier (JLAC10) */
-            PyObject *code = PyDict_GetItemWithError(codings, obx3);
-            if (code != NULL) {
-                Py_INCREF(code);
-            } else if (PyErr_Occurred()) {
-                goto error;
-            } else if ((code = PyObject_CallOneArg(coding, obx3)) == NULL) {
+            /* OBX-3 observation identifier (JLAC10) */
+            PyObject *code = cached_coding(codings, coding, PyList_GET_ITEM(seg, 3), NULL);
+            if (code == NULL) {
                 goto error;
             }
             if (code == Py_None) {
@@ -399,7 +418,7 @@ map_lab(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             if (!fields_are_str(seg, spm_fields, 1)) {
                 goto not_here;
             }
-            PyObject *c = PyObject_CallOneArg(coding, PyList_GET_ITEM(seg, 4)); /* SPM-4 specimen type */
+            PyObject *c = cached_coding(codings, coding, PyList_GET_ITEM(seg, 4), NULL); /* SPM-4 specimen */
             if (c == NULL) {
                 goto error;
             }
@@ -410,7 +429,7 @@ map_lab(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
             b++;
             o = 0;
-            PyObject *c = PyObject_CallOneArg(coding, PyList_GET_ITEM(seg, 4)); /* OBR-4 service identifier */
+            PyObject *c = cached_coding(codings, coding, PyList_GET_ITEM(seg, 4), NULL); /* OBR-4 service */
             if (c == NULL) {
                 goto error;
             }
@@ -471,25 +490,28 @@ days_of(PyObject *duration, Py_UCS4 comp)
     return Py_NewRef(empty_str);
 }
 
-/* map_rx_order(segments, key_head, comp, sub, coding, to_iso, warnings): the Prescriptions of an RDE
- * message (OMP-01), as agent.ssmix2.mapping._map_rde_oral builds them; None when a segment is not a list of
- * at least RX_MIN_FIELDS str, or when there is no RXE in an order group (the Python mapper then says so). */
+/* map_rx_order(segments, key_head, comp, sub, codings, sub_codings, coding, to_iso, warnings): the
+ * Prescriptions of an RDE message (OMP-01), as agent.ssmix2.mapping._map_rde_oral builds them (codings and
+ * sub_codings: ctx.coding's caches for the component and subcomponent forms); None when a segment is not a
+ * list of at least RX_MIN_FIELDS str, or when there is no RXE in an order group (the Python mapper then
+ * says so). */
 static PyObject *
 map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "map_rx_order takes 7 arguments");
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "map_rx_order takes 9 arguments");
         return NULL;
     }
-    PyObject *segments = args[0], *head = args[1], *comp_s = args[2], *sub = args[3], *coding = args[4],
-             *to_iso = args[5], *warnings = args[6];
+    PyObject *segments = args[0], *head = args[1], *comp_s = args[2], *sub = args[3], *codings = args[4],
+             *sub_codings = args[5], *coding = args[6], *to_iso = args[7], *warnings = args[8];
     if (!registered) {
         PyErr_SetString(PyExc_RuntimeError, "map_rx_order: record types not registered");
         return NULL;
     }
     if (!PyList_Check(segments) || !PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 4 ||
-        !PyUnicode_Check(comp_s) || PyUnicode_GET_LENGTH(comp_s) != 1 || !PyList_Check(warnings)) {
+        !PyUnicode_Check(comp_s) || PyUnicode_GET_LENGTH(comp_s) != 1 || !PyDict_Check(codings) ||
+        !PyDict_Check(sub_codings) || !PyList_Check(warnings)) {
         PyErr_SetString(PyExc_TypeError, "map_rx_order: bad arguments");
         return NULL;
     }
@@ -531,7 +553,7 @@ map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         /* The group's parts (owned), released at the end of the group. */
         PyObject *route = NULL, *ordered_at = NULL, *usage = NULL, *days = NULL, *from = NULL, *until = NULL;
         int failed = 1;
-        route = rxr != NULL ? PyObject_CallOneArg(coding, PyList_GET_ITEM(rxr, 1)) : Py_NewRef(Py_None);
+        route = rxr != NULL ? cached_coding(codings, coding, PyList_GET_ITEM(rxr, 1), NULL) : Py_NewRef(Py_None);
         if (route == NULL || (ordered_at = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(orc, 9))) == NULL) {
             goto group_done; /* RXR-1 route, ORC-9 date/time of transaction */
         }
@@ -545,8 +567,7 @@ map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             if (pattern == NULL) {
                 goto group_done;
             }
-            PyObject *call[2] = {pattern, sub};
-            usage = PyObject_Vectorcall(coding, call, 2, NULL);
+            usage = cached_coding(sub_codings, coding, pattern, sub);
             Py_DECREF(pattern);
             if (usage == NULL || (days = days_of(PyList_GET_ITEM(tq1, 6), comp)) == NULL ||
                 (from = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(tq1, 7))) == NULL ||
@@ -564,7 +585,7 @@ map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto group_done;
             }
             n++;
-            PyObject *drug = PyObject_CallOneArg(coding, PyList_GET_ITEM(seg, 2)); /* RXE-2 give code (HOT9) */
+            PyObject *drug = cached_coding(codings, coding, PyList_GET_ITEM(seg, 2), NULL); /* RXE-2 (HOT9) */
             if (drug == NULL) {
                 goto group_done;
             }
@@ -580,10 +601,10 @@ map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
             PyObject *unit = NULL, *form = NULL, *total = NULL, *dunit = NULL, *item = NULL, *key = NULL,
                      *rec = NULL;
-            if ((unit = PyObject_CallOneArg(coding, PyList_GET_ITEM(seg, 5))) != NULL && /* RXE-5 units */
-                (form = PyObject_CallOneArg(coding, PyList_GET_ITEM(seg, 6))) != NULL && /* RXE-6 form */
+            if ((unit = cached_coding(codings, coding, PyList_GET_ITEM(seg, 5), NULL)) != NULL && /* RXE-5 */
+                (form = cached_coding(codings, coding, PyList_GET_ITEM(seg, 6), NULL)) != NULL && /* RXE-6 */
                 (total = before(PyList_GET_ITEM(seg, 19), comp)) != NULL &&              /* RXE-19 daily dose */
-                (dunit = PyObject_CallOneArg(coding, PyList_GET_ITEM(seg, 11))) != NULL && /* RXE-11 */
+                (dunit = cached_coding(codings, coding, PyList_GET_ITEM(seg, 11), NULL)) != NULL && /* RXE-11 */
                 (item = number_string(n)) != NULL) {
                 PyObject *kv[5] = {PyTuple_GET_ITEM(head, 0), PyTuple_GET_ITEM(head, 1), PyTuple_GET_ITEM(head, 2),
                                    PyTuple_GET_ITEM(head, 3), item};
@@ -646,8 +667,8 @@ static PyMethodDef methods[] = {
      "map_lab(segments, key_head, comp, codings, coding, to_iso, unescape, warnings): the LabResults of an\n"
      "OUL message, as agent.ssmix2.mapping._map_oul builds them, or None."},
     {"map_rx_order", (PyCFunction)(void (*)(void))map_rx_order, METH_FASTCALL,
-     "map_rx_order(segments, key_head, comp, sub, coding, to_iso, warnings): the Prescriptions of an RDE\n"
-     "message (OMP-01), as agent.ssmix2.mapping._map_rde_oral builds them, or None."},
+     "map_rx_order(segments, key_head, comp, sub, codings, sub_codings, coding, to_iso, warnings): the\n"
+     "Prescriptions of an RDE message (OMP-01), as agent.ssmix2.mapping._map_rde_oral builds them, or None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -29,6 +29,8 @@ def map_rx_order(
     key_head: tuple[str, str, str, str],
     comp: str,
     sub: str,
+    codings: dict[str, Coding | None],
+    sub_codings: dict[str, Coding | None],
     coding: Callable[[str, str | None], Coding | None],
     to_iso: Callable[[str], str],
     warnings: list[str],

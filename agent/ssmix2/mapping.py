@@ -249,7 +249,8 @@ def _map_rde_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     if fast is not None:
         n = ctx.name
         head = (n.patient_id, n.care_date, n.data_type, n.order_no)
-        out = fast(msg.segments, head, ctx.comp, ctx.sub, ctx.coding, to_iso, w)
+        codings, sub_codings = ctx.codings, _coding_cache(ctx.sub)
+        out = fast(msg.segments, head, ctx.comp, ctx.sub, codings, sub_codings, ctx.coding, to_iso, w)
         if out is not None:
             return out
     return _map_rde_oral_python(ctx, msg, w)

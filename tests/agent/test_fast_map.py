@@ -226,7 +226,16 @@ def test_the_order_mapper_steps_aside_for_odd_segments_and_undoes_its_warnings()
     broken = _padded("RXE", ["", "620000001^Drug^HOT9"])
     broken[19] = None  # type: ignore[call-overload]
     warnings = ["earlier"]
-    args = (head, ctx.comp, ctx.sub, ctx.coding, to_iso, warnings)
+    args = (
+        head,
+        ctx.comp,
+        ctx.sub,
+        ctx.codings,
+        mapping._coding_cache(ctx.sub),
+        ctx.coding,
+        to_iso,
+        warnings,
+    )
     assert mapping.fast_rx_order([orc, no_drug, broken], *args) is None
     assert warnings == ["earlier"]
     assert mapping.fast_rx_order([orc], *args) is None  # no RXE: the Python mapper says so
