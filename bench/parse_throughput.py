@@ -140,13 +140,13 @@ def main() -> None:
     sample = sample_files(root, 20_000)
     results["parse_in_memory_files_per_s_per_core"] = round(per_core_rate(sample))
     fast = hl7._fast_path
-    saved = (fast.decode, fast.split, mapping.fast_lab, mapping.fast_rx_order)
+    saved = (fast.decode, fast.split, mapping.fast_lab, mapping.fast_rx_order, mapping.fast_rx_given)
     # the pure-Python path alone (as without a C compiler)
-    fast.decode = fast.split = mapping.fast_lab = mapping.fast_rx_order = None
+    fast.decode = fast.split = mapping.fast_lab = mapping.fast_rx_order = mapping.fast_rx_given = None
     try:
         results["parse_in_memory_pure_python_files_per_s_per_core"] = round(per_core_rate(sample[:5000], 1))
     finally:
-        fast.decode, fast.split, mapping.fast_lab, mapping.fast_rx_order = saved
+        fast.decode, fast.split, mapping.fast_lab, mapping.fast_rx_order, mapping.fast_rx_given = saved
     try:
         import hl7 as python_hl7  # the general parser used as a test oracle
 

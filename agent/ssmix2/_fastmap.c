@@ -1,7 +1,7 @@
-/* Compiled fast path of the SS-MIX2 mappers for lab results (agent.ssmix2.mapping._map_oul) and prescription
- * orders (_map_rde_oral), and of record construction.
+/* Compiled fast path of the SS-MIX2 mappers for lab results (agent.ssmix2.mapping._map_oul), prescription
+ * orders (_map_rde_oral) and administrations (_map_ras_oral), and of record construction.
  *
- * Lab files (OML-11) and prescription orders (OMP-01) hold most of a hospital's records: a lab file ~24
+ * Lab files (OML-11) and prescriptions (OMP-01, OMP-11) hold most of a hospital's records: a lab file ~24
  * results.  In Python, building one LabResult costs ~3 us, a third of it in the two dataclass __init__
  * calls (LabResult, RecordKey).  This module does the same loops in C and stores each field at its slot's
  * offset, as the slot descriptor would (what pickle does for slotted objects: allocate, then set each
@@ -36,7 +36,7 @@ static const Py_ssize_t type_fields[N_TYPES] = {5, 11, 17};
 static RecordType types[N_TYPES];
 static int registered = 0;
 
-static PyObject *empty_str, *order_str;
+static PyObject *empty_str, *order_str, *administration_str;
 
 /* Item strings "b.o" for small b and o, and "n" for small n, made once. */
 #define ITEM_B 8
@@ -660,6 +660,152 @@ not_here:
     Py_RETURN_NONE;
 }
 
+static const Py_ssize_t rxa_fields[] = {3, 4, 5, 6, 7, 20};
+#define RXA_MIN_FIELDS 21
+
+/* map_rx_given(segments, key_head, codings, coding, to_iso, warnings): the Prescriptions of an RAS message
+ * (OMP-11, administrations), as agent.ssmix2.mapping._map_ras_oral builds them; None when a segment is not a
+ * list of at least RXA_MIN_FIELDS str, or when there is no RXA in an order group (the Python mapper then
+ * says so). */
+static PyObject *
+map_rx_given(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "map_rx_given takes 6 arguments");
+        return NULL;
+    }
+    PyObject *segments = args[0], *head = args[1], *codings = args[2], *coding = args[3], *to_iso = args[4],
+             *warnings = args[5];
+    if (!registered) {
+        PyErr_SetString(PyExc_RuntimeError, "map_rx_given: record types not registered");
+        return NULL;
+    }
+    if (!PyList_Check(segments) || !PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 4 || !PyDict_Check(codings) ||
+        !PyList_Check(warnings)) {
+        PyErr_SetString(PyExc_TypeError, "map_rx_given: bad arguments");
+        return NULL;
+    }
+    Py_ssize_t nseg = PyList_GET_SIZE(segments), start = -1, rxas = 0;
+    for (Py_ssize_t i = 0; i < nseg; i++) {
+        PyObject *seg = PyList_GET_ITEM(segments, i);
+        if (!PyList_Check(seg) || PyList_GET_SIZE(seg) < RXA_MIN_FIELDS ||
+            !PyUnicode_CheckExact(PyList_GET_ITEM(seg, 0))) {
+            Py_RETURN_NONE;
+        }
+        PyObject *sid = PyList_GET_ITEM(seg, 0);
+        if (start < 0 && is_sid(sid, "ORC")) {
+            start = i;
+        }
+        if (start >= 0 && is_sid(sid, "RXA")) {
+            rxas++;
+        }
+    }
+    if (rxas == 0) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t warned = PyList_GET_SIZE(warnings), g = 0;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t at = start; at < nseg;) {
+        Py_ssize_t end = at + 1;
+        while (end < nseg && !is_sid(PyList_GET_ITEM(PyList_GET_ITEM(segments, end), 0), "ORC")) {
+            end++;
+        }
+        g++;
+        PyObject *orc = PyList_GET_ITEM(segments, at), *rxr = first_in(segments, at, end, "RXR");
+        if (!fields_are_str(orc, orc_fields, 2) || (rxr != NULL && !fields_are_str(rxr, rxr_fields, 1))) {
+            goto not_here;
+        }
+        int failed = 1;
+        Py_ssize_t r = 0;
+        PyObject *ordered_at = NULL;
+        PyObject *route = rxr != NULL ? cached_coding(codings, coding, PyList_GET_ITEM(rxr, 1), NULL)
+                                      : Py_NewRef(Py_None); /* RXR-1 route */
+        if (route == NULL || (ordered_at = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(orc, 9))) == NULL) {
+            goto group_done; /* ORC-9 date/time of transaction */
+        }
+        for (Py_ssize_t i = at; i < end; i++) {
+            PyObject *seg = PyList_GET_ITEM(segments, i);
+            if (!is_sid(PyList_GET_ITEM(seg, 0), "RXA")) {
+                continue;
+            }
+            if (!fields_are_str(seg, rxa_fields, sizeof rxa_fields / sizeof rxa_fields[0])) {
+                failed = 2;
+                goto group_done;
+            }
+            r++;
+            /* RXA-5 administered code (HOT9) */
+            PyObject *drug = cached_coding(codings, coding, PyList_GET_ITEM(seg, 5), NULL);
+            if (drug == NULL) {
+                goto group_done;
+            }
+            if (drug == Py_None) {
+                Py_DECREF(drug);
+                PyObject *w = PyUnicode_FromString("RXA without a drug code");
+                int rc = w == NULL ? -1 : PyList_Append(warnings, w);
+                Py_XDECREF(w);
+                if (rc < 0) {
+                    goto group_done;
+                }
+                continue;
+            }
+            PyObject *unit = NULL, *from = NULL, *until = NULL, *item = NULL, *key = NULL, *rec = NULL;
+            if ((unit = cached_coding(codings, coding, PyList_GET_ITEM(seg, 7), NULL)) != NULL && /* RXA-7 */
+                (from = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(seg, 3))) != NULL &&        /* RXA-3 */
+                (until = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(seg, 4))) != NULL &&       /* RXA-4 */
+                (item = item_string(g, r)) != NULL) {
+                PyObject *kv[5] = {PyTuple_GET_ITEM(head, 0), PyTuple_GET_ITEM(head, 1), PyTuple_GET_ITEM(head, 2),
+                                   PyTuple_GET_ITEM(head, 3), item};
+                key = make(&types[KEY_TYPE], kv);
+            }
+            if (key != NULL) {
+                PyObject *rv[17] = {
+                    key,       administration_str, drug, PyList_GET_ITEM(seg, 6), /* RXA-6 amount */
+                    unit,      Py_None,            empty_str,                     /* dosage form, total daily */
+                    empty_str, Py_None,            Py_None,                       /* dispensed, unit, usage */
+                    empty_str, route,              from, until, ordered_at,       /* days, route, times */
+                    PyList_GET_ITEM(orc, 4),  /* ORC-4 placer group number (Rp) */
+                    PyList_GET_ITEM(seg, 20), /* RXA-20 completion status */
+                };
+                rec = make(&types[RX_TYPE], rv);
+            }
+            int ok = rec != NULL && PyList_Append(out, rec) == 0;
+            Py_XDECREF(rec);
+            Py_XDECREF(key);
+            Py_XDECREF(item);
+            Py_XDECREF(until);
+            Py_XDECREF(from);
+            Py_XDECREF(unit);
+            Py_DECREF(drug);
+            if (!ok) {
+                goto group_done;
+            }
+        }
+        failed = 0;
+    group_done:
+        Py_XDECREF(route);
+        Py_XDECREF(ordered_at);
+        if (failed == 2) {
+            goto not_here;
+        }
+        if (failed) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        at = end;
+    }
+    return out;
+not_here:
+    Py_DECREF(out);
+    if (PyList_SetSlice(warnings, warned, PyList_GET_SIZE(warnings), NULL) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"register", (PyCFunction)(void (*)(void))register_records, METH_FASTCALL,
      "register(RecordKey, fields, LabResult, fields, Prescription, fields): the record classes, fields in order."},
@@ -669,11 +815,14 @@ static PyMethodDef methods[] = {
     {"map_rx_order", (PyCFunction)(void (*)(void))map_rx_order, METH_FASTCALL,
      "map_rx_order(segments, key_head, comp, sub, codings, sub_codings, coding, to_iso, warnings): the\n"
      "Prescriptions of an RDE message (OMP-01), as agent.ssmix2.mapping._map_rde_oral builds them, or None."},
+    {"map_rx_given", (PyCFunction)(void (*)(void))map_rx_given, METH_FASTCALL,
+     "map_rx_given(segments, key_head, codings, coding, to_iso, warnings): the Prescriptions of an RAS\n"
+     "message (OMP-11), as agent.ssmix2.mapping._map_ras_oral builds them, or None."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_fastmap", "Fast path of the SS-MIX2 lab and order mappers (see the C source).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_fastmap", "Fast path of the SS-MIX2 lab and prescription mappers (see the C source).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
@@ -682,7 +831,8 @@ PyInit__fastmap(void)
 {
     empty_str = PyUnicode_FromStringAndSize("", 0);
     order_str = PyUnicode_InternFromString("order");
-    if (empty_str == NULL || order_str == NULL) {
+    administration_str = PyUnicode_InternFromString("administration");
+    if (empty_str == NULL || order_str == NULL || administration_str == NULL) {
         return NULL;
     }
     return PyModule_Create(&module);

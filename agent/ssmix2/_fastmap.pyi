@@ -36,3 +36,12 @@ def map_rx_order(
     warnings: list[str],
     /,
 ) -> list[Record] | None: ...
+def map_rx_given(
+    segments: list[list[str]],
+    key_head: tuple[str, str, str, str],
+    codings: dict[str, Coding | None],
+    coding: Callable[[str], Coding | None],
+    to_iso: Callable[[str], str],
+    warnings: list[str],
+    /,
+) -> list[Record] | None: ...

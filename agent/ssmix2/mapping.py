@@ -310,6 +310,17 @@ def _map_rde_oral_python(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 
 
 def _map_ras_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    fast = fast_rx_given
+    if fast is not None:
+        n = ctx.name
+        head = (n.patient_id, n.care_date, n.data_type, n.order_no)
+        out = fast(msg.segments, head, ctx.codings, ctx.coding, to_iso, w)
+        if out is not None:
+            return out
+    return _map_ras_oral_python(ctx, msg, w)
+
+
+def _map_ras_oral_python(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     out: list[Record] = []
     n = 0
     coding = ctx.coding
@@ -432,15 +443,16 @@ _CODED = frozenset(("CWE", "CE", "CNE"))
 FastMapper = Callable[..., list[Record] | None]
 
 
-def _load_fast_mappers() -> tuple[FastMapper | None, FastMapper | None]:
-    """The compiled lab and prescription-order mappers (agent/ssmix2/_fastmap.c), given the record classes;
-    None without them (or with ``HAKOBUNE_PURE_PYTHON=1``)."""
+def _load_fast_mappers() -> tuple[FastMapper | None, FastMapper | None, FastMapper | None]:
+    """The compiled mappers of lab results, prescription orders and administrations
+    (agent/ssmix2/_fastmap.c), given the record classes; None without them (or with
+    ``HAKOBUNE_PURE_PYTHON=1``)."""
     if os.environ.get("HAKOBUNE_PURE_PYTHON"):
-        return None, None
+        return None, None, None
     try:
         from agent.ssmix2 import _fastmap
     except ImportError:
-        return None, None
+        return None, None, None
 
     def names(cls: type) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
@@ -448,11 +460,12 @@ def _load_fast_mappers() -> tuple[FastMapper | None, FastMapper | None]:
     _fastmap.register(
         RecordKey, names(RecordKey), LabResult, names(LabResult), Prescription, names(Prescription)
     )
-    return _fastmap.map_lab, _fastmap.map_rx_order
+    return _fastmap.map_lab, _fastmap.map_rx_order, _fastmap.map_rx_given
 
 
-#: The compiled forms of :func:`_map_oul` and :func:`_map_rde_oral` (same records; tests compare), or None.
-fast_lab, fast_rx_order = _load_fast_mappers()
+#: The compiled forms of :func:`_map_oul`, :func:`_map_rde_oral` and :func:`_map_ras_oral` (same records;
+#: tests compare), or None.
+fast_lab, fast_rx_order, fast_rx_given = _load_fast_mappers()
 
 
 def _map_oul(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:

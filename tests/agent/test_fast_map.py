@@ -1,5 +1,5 @@
-"""The compiled lab and prescription-order mappers (agent/ssmix2/_fastmap.c) against the Python mappers
-they stand in for.
+"""The compiled mappers of lab results, prescription orders and administrations (agent/ssmix2/_fastmap.c)
+against the Python mappers they stand in for.
 
 Wherever it answers, the records and warnings must be exactly the Python mapper's (same values, same types,
 same keys); where a segment is not what the reader makes (a field that is not a str), it must step aside
@@ -33,14 +33,15 @@ RX_NAME = parse_name("1234567_20240401_OMP-01_000000000000001_20240401120000000_
 
 
 def test_the_compiled_lab_mapper_is_built_where_ci_runs() -> None:
-    if mapping.fast_lab is None or mapping.fast_rx_order is None:
+    if None in (mapping.fast_lab, mapping.fast_rx_order, mapping.fast_rx_given):
         if os.environ.get("CI"):
             pytest.fail("agent.ssmix2._fastmap is not built (make setup compiles it with gcc)")
         pytest.skip("compiled lab mapper not built here")
 
 
 needs_fast = pytest.mark.skipif(
-    mapping.fast_lab is None or mapping.fast_rx_order is None, reason="compiled mappers not built"
+    None in (mapping.fast_lab, mapping.fast_rx_order, mapping.fast_rx_given),
+    reason="compiled mappers not built",
 )
 
 
@@ -138,6 +139,7 @@ def test_a_field_that_is_not_a_string_makes_it_step_aside_and_undo_its_warnings(
     [
         ("OML-11", mapping._map_oul, mapping._map_oul_python),
         ("OMP-01", mapping._map_rde_oral, mapping._map_rde_oral_python),
+        ("OMP-11", mapping._map_ras_oral, mapping._map_ras_oral_python),
     ],
 )
 def test_records_from_real_files_are_the_same_on_both_paths(
@@ -164,7 +166,11 @@ def test_records_from_real_files_are_the_same_on_both_paths(
 _RX_TEXT = st.text(alphabet="A1^&~\\京 d", max_size=8)
 
 
-def _rx_both(segments: list[list[str]]) -> tuple[object, object]:
+def _rx_both(
+    segments: list[list[str]],
+    fast: Mapper = mapping._map_rde_oral,
+    reference: Mapper = mapping._map_rde_oral_python,
+) -> tuple[object, object]:
     msg = Message(segments)
     ctx = mapping._Ctx(msg, RX_NAME)
 
@@ -176,7 +182,7 @@ def _rx_both(segments: list[list[str]]) -> tuple[object, object]:
             return ("missing", str(e), w)
         return (out, [type(r) for r in out], [type(r.key) for r in out], w)
 
-    return run(mapping._map_rde_oral), run(mapping._map_rde_oral_python)
+    return run(fast), run(reference)
 
 
 @st.composite
@@ -242,6 +248,55 @@ def test_the_order_mapper_steps_aside_for_odd_segments_and_undoes_its_warnings()
     assert mapping.fast_rx_order([orc, no_drug[:19]], *args) is None  # shorter than the reader pads
     assert mapping.fast_rx_order([orc, no_drug], *args) == []
     assert warnings == ["earlier", "RXE without a drug code"]
+
+
+@st.composite
+def _given_group(draw: st.DrawFn) -> list[list[str]]:
+    group = [_padded("ORC", ["RE", "1", "", draw(st.sampled_from(["1", ""])), "", "", "", "", draw(_DTM)])]
+    for _ in range(draw(st.integers(0, 3))):
+        fields = [""] * 20
+        fields[2], fields[3] = draw(_DTM), draw(_DTM)
+        fields[4] = draw(st.sampled_from(["", "620000001^Drug^HOT9", "^text only"]) | _RX_TEXT)
+        fields[5] = draw(st.sampled_from(["1", "0.5", ""]))
+        fields[6] = draw(st.sampled_from(["TAB^錠^MR9P", ""]) | _RX_TEXT)
+        fields[19] = draw(st.sampled_from(["CP", "", "NA"]))
+        group.append(_padded("RXA", fields))
+    if draw(st.booleans()):
+        group.append(_padded("RXR", [draw(st.sampled_from(["PO^口^HL70162", ""]) | _RX_TEXT)]))
+    return group
+
+
+@needs_fast
+@MANY
+@given(st.lists(_given_group(), max_size=4), st.booleans())
+def test_the_compiled_administration_mapper_gives_the_python_mappers_records(
+    groups: list[list[list[str]]], lead: bool
+) -> None:
+    head = [_padded("MSH", ["|", "^~\\&"]), _padded("PID", ["1", "", "1234567"])]
+    if lead:  # an RXA before any ORC belongs to no group
+        head.append(_padded("RXA", ["", "", "", "", "620000001^Drug^HOT9"]))
+    segments = head + [seg for g in groups for seg in g]
+    fast, slow = _rx_both(segments, mapping._map_ras_oral, mapping._map_ras_oral_python)
+    assert fast == slow
+
+
+@needs_fast
+def test_the_administration_mapper_steps_aside_for_odd_segments_and_undoes_its_warnings() -> None:
+    assert mapping.fast_rx_given is not None
+    ctx = mapping._Ctx(Message([]), RX_NAME)
+    head = (RX_NAME.patient_id, RX_NAME.care_date, RX_NAME.data_type, RX_NAME.order_no)
+    orc = _padded("ORC", ["RE"])
+    no_drug = _padded("RXA", [])
+    broken = _padded("RXA", ["", "", "", "", "620000001^Drug^HOT9"])
+    broken[20] = None  # type: ignore[call-overload]
+    warnings = ["earlier"]
+    args = (head, ctx.codings, ctx.coding, to_iso, warnings)
+    assert mapping.fast_rx_given([orc, no_drug, broken], *args) is None
+    assert warnings == ["earlier"]
+    assert mapping.fast_rx_given([orc], *args) is None  # no RXA: the Python mapper says so
+    assert mapping.fast_rx_given([orc, no_drug[:20]], *args) is None  # shorter than the reader pads
+    assert mapping.fast_rx_given([orc, no_drug], *args) == []
+    assert warnings == ["earlier", "RXA without a drug code"]
 
 
 # -- the compiled split's 16-byte ASCII step ---------------------------------------------------------------
