@@ -241,6 +241,82 @@ has_backslash(PyObject *s)
     return find_char(s, '\\', 0) >= 0;
 }
 
+/* The index of the first ORC when every segment is a list of at least min_fields entries with a str
+ * segment ID and at least one item segment follows that ORC; -1 otherwise (the Python mapper takes the
+ * message, and words the error when there is no item segment). */
+static Py_ssize_t
+first_order(PyObject *segments, Py_ssize_t min_fields, const char *item)
+{
+    Py_ssize_t nseg = PyList_GET_SIZE(segments), start = -1, items = 0;
+    for (Py_ssize_t i = 0; i < nseg; i++) {
+        PyObject *seg = PyList_GET_ITEM(segments, i);
+        if (!PyList_Check(seg) || PyList_GET_SIZE(seg) < min_fields ||
+            !PyUnicode_CheckExact(PyList_GET_ITEM(seg, 0))) {
+            return -1;
+        }
+        PyObject *sid = PyList_GET_ITEM(seg, 0);
+        if (start < 0 && is_sid(sid, "ORC")) {
+            start = i;
+        }
+        if (start >= 0 && is_sid(sid, item)) {
+            items++;
+        }
+    }
+    return items > 0 ? start : -1;
+}
+
+/* The end of the order group that starts at segment at (the next ORC, or the end). */
+static Py_ssize_t
+group_end(PyObject *segments, Py_ssize_t at)
+{
+    Py_ssize_t nseg = PyList_GET_SIZE(segments), end = at + 1;
+    while (end < nseg && !is_sid(PyList_GET_ITEM(PyList_GET_ITEM(segments, end), 0), "ORC")) {
+        end++;
+    }
+    return end;
+}
+
+/* Append to out a new record of type t: its key a new RecordKey(*head, item) (values[0] is set to it here),
+ * its other fields values[1..].  0, or -1 on an error. */
+static int
+append_record(PyObject *out, RecordType *t, PyObject *head, PyObject *item, PyObject **values)
+{
+    PyObject *kv[5] = {PyTuple_GET_ITEM(head, 0), PyTuple_GET_ITEM(head, 1), PyTuple_GET_ITEM(head, 2),
+                       PyTuple_GET_ITEM(head, 3), item};
+    PyObject *key = make(&types[KEY_TYPE], kv);
+    if (key == NULL) {
+        return -1;
+    }
+    values[0] = key;
+    PyObject *rec = make(t, values);
+    Py_DECREF(key);
+    int rc = rec == NULL ? -1 : PyList_Append(out, rec);
+    Py_XDECREF(rec);
+    return rc;
+}
+
+/* Append a warning; -1 on an error. */
+static int
+warn(PyObject *warnings, const char *text)
+{
+    PyObject *w = PyUnicode_FromString(text);
+    int rc = w == NULL ? -1 : PyList_Append(warnings, w);
+    Py_XDECREF(w);
+    return rc;
+}
+
+/* Give up on a message part-way: drop what was built and the warnings added since there were warned;
+ * None (the Python mapper takes the message), or NULL on an error. */
+static PyObject *
+step_aside(PyObject *out, PyObject *warnings, Py_ssize_t warned)
+{
+    Py_XDECREF(out);
+    if (PyList_SetSlice(warnings, warned, PyList_GET_SIZE(warnings), NULL) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* ctx.coding(value) (or, with sep, ctx.coding(value, sep)), its cache read here first: None for an empty
  * value, the cached Coding (or None) when codings holds value, else what Python's coding() makes (and
  * caches). */
@@ -336,12 +412,9 @@ map_lab(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
             if (code == Py_None) {
                 Py_DECREF(code);
-                PyObject *w = PyUnicode_FromString("OBX without an observation code");
-                if (w == NULL || PyList_Append(warnings, w) < 0) {
-                    Py_XDECREF(w);
+                if (warn(warnings, "OBX without an observation code") < 0) {
                     goto error;
                 }
-                Py_DECREF(w);
                 continue;
             }
             PyObject *vtype = PyList_GET_ITEM(seg, 2); /* OBX-2 value type */
@@ -351,7 +424,7 @@ map_lab(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyObject *ref = Py_NewRef(PyList_GET_ITEM(seg, 7));                        /* OBX-7 range */
             PyObject *flag = unit == NULL ? NULL : before(PyList_GET_ITEM(seg, 8), comp); /* OBX-8 flags */
             PyObject *item = flag == NULL ? NULL : item_string(b == 0 ? 1 : b, o);
-            PyObject *key = NULL, *rec = NULL;
+            int ok = 0;
             if (item == NULL) {
                 goto done_obx;
             }
@@ -382,38 +455,27 @@ map_lab(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 Py_SETREF(last_iso, iso);
                 Py_SETREF(last_obs, Py_NewRef(observed));
             }
-            PyObject *kv[5] = {PyTuple_GET_ITEM(head, 0), PyTuple_GET_ITEM(head, 1), PyTuple_GET_ITEM(head, 2),
-                               PyTuple_GET_ITEM(head, 3), item};
-            key = make(&types[KEY_TYPE], kv);
-            if (key == NULL) {
-                goto done_obx;
-            }
             int truthy = PyObject_IsTrue(last_iso);
             if (truthy < 0) {
                 goto done_obx;
             }
             PyObject *lv[11] = {
-                key,   code, vtype, value, unit, ref, flag,
-                PyList_GET_ITEM(seg, 11), /* OBX-11 observation result status */
+                NULL,  code, vtype, value, unit, ref, flag, /* (the key) */
+                PyList_GET_ITEM(seg, 11),                  /* OBX-11 observation result status */
                 truthy ? last_iso : obr_time,
                 specimen, battery,
             };
-            rec = make(&types[LAB_TYPE], lv);
-            if (rec != NULL && PyList_Append(out, rec) < 0) {
-                Py_CLEAR(rec);
-            }
+            ok = append_record(out, &types[LAB_TYPE], head, item, lv) == 0;
         done_obx:
-            Py_XDECREF(key);
             Py_XDECREF(item);
             Py_XDECREF(flag);
             Py_XDECREF(ref);
             Py_XDECREF(unit);
             Py_XDECREF(value);
             Py_DECREF(code);
-            if (rec == NULL) {
+            if (!ok) {
                 goto error;
             }
-            Py_DECREF(rec);
         } else if (is_sid(sid, "SPM")) {
             if (!fields_are_str(seg, spm_fields, 1)) {
                 goto not_here;
@@ -443,10 +505,7 @@ map_lab(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     goto finish;
 not_here:
-    if (PyList_SetSlice(warnings, warned, PyList_GET_SIZE(warnings), NULL) < 0) {
-        goto error;
-    }
-    Py_SETREF(out, Py_NewRef(Py_None));
+    out = step_aside(out, warnings, warned);
     goto finish;
 error:
     Py_CLEAR(out);
@@ -516,22 +575,8 @@ map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_UCS4 comp = PyUnicode_READ_CHAR(comp_s, 0);
-    Py_ssize_t nseg = PyList_GET_SIZE(segments), start = -1, rxes = 0;
-    for (Py_ssize_t i = 0; i < nseg; i++) {
-        PyObject *seg = PyList_GET_ITEM(segments, i);
-        if (!PyList_Check(seg) || PyList_GET_SIZE(seg) < RX_MIN_FIELDS ||
-            !PyUnicode_CheckExact(PyList_GET_ITEM(seg, 0))) {
-            Py_RETURN_NONE;
-        }
-        PyObject *sid = PyList_GET_ITEM(seg, 0);
-        if (start < 0 && is_sid(sid, "ORC")) {
-            start = i;
-        }
-        if (start >= 0 && is_sid(sid, "RXE")) {
-            rxes++;
-        }
-    }
-    if (rxes == 0) {
+    Py_ssize_t nseg = PyList_GET_SIZE(segments), start = first_order(segments, RX_MIN_FIELDS, "RXE");
+    if (start < 0) {
         Py_RETURN_NONE;
     }
     Py_ssize_t warned = PyList_GET_SIZE(warnings), n = 0;
@@ -540,10 +585,7 @@ map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     for (Py_ssize_t g = start; g < nseg;) {
-        Py_ssize_t end = g + 1;
-        while (end < nseg && !is_sid(PyList_GET_ITEM(PyList_GET_ITEM(segments, end), 0), "ORC")) {
-            end++;
-        }
+        Py_ssize_t end = group_end(segments, g);
         PyObject *orc = PyList_GET_ITEM(segments, g);
         PyObject *tq1 = first_in(segments, g, end, "TQ1"), *rxr = first_in(segments, g, end, "RXR");
         if (!fields_are_str(orc, orc_fields, 2) || (tq1 != NULL && !fields_are_str(tq1, tq1_fields, 4)) ||
@@ -591,39 +633,28 @@ map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
             if (drug == Py_None) {
                 Py_DECREF(drug);
-                PyObject *w = PyUnicode_FromString("RXE without a drug code");
-                int rc = w == NULL ? -1 : PyList_Append(warnings, w);
-                Py_XDECREF(w);
-                if (rc < 0) {
+                if (warn(warnings, "RXE without a drug code") < 0) {
                     goto group_done;
                 }
                 continue;
             }
-            PyObject *unit = NULL, *form = NULL, *total = NULL, *dunit = NULL, *item = NULL, *key = NULL,
-                     *rec = NULL;
+            PyObject *unit = NULL, *form = NULL, *total = NULL, *dunit = NULL, *item = NULL;
+            int ok = 0;
             if ((unit = cached_coding(codings, coding, PyList_GET_ITEM(seg, 5), NULL)) != NULL && /* RXE-5 */
                 (form = cached_coding(codings, coding, PyList_GET_ITEM(seg, 6), NULL)) != NULL && /* RXE-6 */
                 (total = before(PyList_GET_ITEM(seg, 19), comp)) != NULL &&              /* RXE-19 daily dose */
                 (dunit = cached_coding(codings, coding, PyList_GET_ITEM(seg, 11), NULL)) != NULL && /* RXE-11 */
                 (item = number_string(n)) != NULL) {
-                PyObject *kv[5] = {PyTuple_GET_ITEM(head, 0), PyTuple_GET_ITEM(head, 1), PyTuple_GET_ITEM(head, 2),
-                                   PyTuple_GET_ITEM(head, 3), item};
-                key = make(&types[KEY_TYPE], kv);
-            }
-            if (key != NULL) {
                 PyObject *rv[17] = {
-                    key,   order_str, drug, PyList_GET_ITEM(seg, 3), /* RXE-3 give amount - minimum */
+                    NULL,  order_str, drug, PyList_GET_ITEM(seg, 3), /* (the key), RXE-3 give amount - minimum */
                     unit,  form,      total,
                     PyList_GET_ITEM(seg, 10), /* RXE-10 dispense amount */
                     dunit, usage,     days,   route, from, until, ordered_at,
                     PyList_GET_ITEM(orc, 4), /* ORC-4 placer group number (Rp) */
                     empty_str,
                 };
-                rec = make(&types[RX_TYPE], rv);
+                ok = append_record(out, &types[RX_TYPE], head, item, rv) == 0;
             }
-            int ok = rec != NULL && PyList_Append(out, rec) == 0;
-            Py_XDECREF(rec);
-            Py_XDECREF(key);
             Py_XDECREF(item);
             Py_XDECREF(dunit);
             Py_XDECREF(total);
@@ -653,11 +684,7 @@ map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     return out;
 not_here:
-    Py_DECREF(out);
-    if (PyList_SetSlice(warnings, warned, PyList_GET_SIZE(warnings), NULL) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return step_aside(out, warnings, warned);
 }
 
 static const Py_ssize_t rxa_fields[] = {3, 4, 5, 6, 7, 20};
@@ -686,22 +713,8 @@ map_rx_given(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "map_rx_given: bad arguments");
         return NULL;
     }
-    Py_ssize_t nseg = PyList_GET_SIZE(segments), start = -1, rxas = 0;
-    for (Py_ssize_t i = 0; i < nseg; i++) {
-        PyObject *seg = PyList_GET_ITEM(segments, i);
-        if (!PyList_Check(seg) || PyList_GET_SIZE(seg) < RXA_MIN_FIELDS ||
-            !PyUnicode_CheckExact(PyList_GET_ITEM(seg, 0))) {
-            Py_RETURN_NONE;
-        }
-        PyObject *sid = PyList_GET_ITEM(seg, 0);
-        if (start < 0 && is_sid(sid, "ORC")) {
-            start = i;
-        }
-        if (start >= 0 && is_sid(sid, "RXA")) {
-            rxas++;
-        }
-    }
-    if (rxas == 0) {
+    Py_ssize_t nseg = PyList_GET_SIZE(segments), start = first_order(segments, RXA_MIN_FIELDS, "RXA");
+    if (start < 0) {
         Py_RETURN_NONE;
     }
     Py_ssize_t warned = PyList_GET_SIZE(warnings), g = 0;
@@ -710,10 +723,7 @@ map_rx_given(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     for (Py_ssize_t at = start; at < nseg;) {
-        Py_ssize_t end = at + 1;
-        while (end < nseg && !is_sid(PyList_GET_ITEM(PyList_GET_ITEM(segments, end), 0), "ORC")) {
-            end++;
-        }
+        Py_ssize_t end = group_end(segments, at);
         g++;
         PyObject *orc = PyList_GET_ITEM(segments, at), *rxr = first_in(segments, at, end, "RXR");
         if (!fields_are_str(orc, orc_fields, 2) || (rxr != NULL && !fields_are_str(rxr, rxr_fields, 1))) {
@@ -744,37 +754,27 @@ map_rx_given(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             }
             if (drug == Py_None) {
                 Py_DECREF(drug);
-                PyObject *w = PyUnicode_FromString("RXA without a drug code");
-                int rc = w == NULL ? -1 : PyList_Append(warnings, w);
-                Py_XDECREF(w);
-                if (rc < 0) {
+                if (warn(warnings, "RXA without a drug code") < 0) {
                     goto group_done;
                 }
                 continue;
             }
-            PyObject *unit = NULL, *from = NULL, *until = NULL, *item = NULL, *key = NULL, *rec = NULL;
+            PyObject *unit = NULL, *from = NULL, *until = NULL, *item = NULL;
+            int ok = 0;
             if ((unit = cached_coding(codings, coding, PyList_GET_ITEM(seg, 7), NULL)) != NULL && /* RXA-7 */
                 (from = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(seg, 3))) != NULL &&        /* RXA-3 */
                 (until = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(seg, 4))) != NULL &&       /* RXA-4 */
                 (item = item_string(g, r)) != NULL) {
-                PyObject *kv[5] = {PyTuple_GET_ITEM(head, 0), PyTuple_GET_ITEM(head, 1), PyTuple_GET_ITEM(head, 2),
-                                   PyTuple_GET_ITEM(head, 3), item};
-                key = make(&types[KEY_TYPE], kv);
-            }
-            if (key != NULL) {
                 PyObject *rv[17] = {
-                    key,       administration_str, drug, PyList_GET_ITEM(seg, 6), /* RXA-6 amount */
+                    NULL,      administration_str, drug, PyList_GET_ITEM(seg, 6), /* (the key), RXA-6 amount */
                     unit,      Py_None,            empty_str,                     /* dosage form, total daily */
                     empty_str, Py_None,            Py_None,                       /* dispensed, unit, usage */
                     empty_str, route,              from, until, ordered_at,       /* days, route, times */
                     PyList_GET_ITEM(orc, 4),  /* ORC-4 placer group number (Rp) */
                     PyList_GET_ITEM(seg, 20), /* RXA-20 completion status */
                 };
-                rec = make(&types[RX_TYPE], rv);
+                ok = append_record(out, &types[RX_TYPE], head, item, rv) == 0;
             }
-            int ok = rec != NULL && PyList_Append(out, rec) == 0;
-            Py_XDECREF(rec);
-            Py_XDECREF(key);
             Py_XDECREF(item);
             Py_XDECREF(until);
             Py_XDECREF(from);
@@ -799,11 +799,7 @@ map_rx_given(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     return out;
 not_here:
-    Py_DECREF(out);
-    if (PyList_SetSlice(warnings, warned, PyList_GET_SIZE(warnings), NULL) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return step_aside(out, warnings, warned);
 }
 
 static PyMethodDef methods[] = {
