@@ -17,9 +17,12 @@
 #include <Python.h>
 #include <structmember.h>
 
-/* The minimum number of fields a segment must have (the reader pads to agent.ssmix2.message.PAD = 26). */
-#define MIN_FIELDS 15
-#define RX_MIN_FIELDS 20
+/* The fields each mapper needs every segment to have (one more than the highest it reads; the reader pads
+ * every segment to agent.ssmix2.message.PAD = 26). */
+#define LAB_MIN_FIELDS 15 /* OBX-14 */
+#define RX_MIN_FIELDS 20  /* RXE-19 */
+#define RXA_MIN_FIELDS 21 /* RXA-20 */
+/* The most fields a record type may have. */
 #define MAX_FIELDS 20
 
 /* A registered record type: the class and where in an instance each of its dataclass fields' slots is,
@@ -184,16 +187,12 @@ second_component(PyObject *s, Py_UCS4 comp, Py_ssize_t *start, Py_ssize_t *end)
 static PyObject *
 coded_value(PyObject *s, Py_UCS4 comp)
 {
-    Py_ssize_t first, second;
-    int has = second_component(s, comp, &first, &second);
+    Py_ssize_t start, end;
+    int has = second_component(s, comp, &start, &end);
     if (has <= 0) {
         return has < 0 ? NULL : Py_NewRef(s);
     }
-    first -= 1; /* the separator before it */
-    if (second > first + 1) {
-        return PyUnicode_Substring(s, first + 1, second);
-    }
-    return PyUnicode_Substring(s, 0, first);
+    return end > start ? PyUnicode_Substring(s, start, end) : PyUnicode_Substring(s, 0, start - 1);
 }
 
 /* OBX-2 value types whose value is coded (agent.ssmix2.mapping._CODED): CWE, CE, CNE. */
@@ -241,20 +240,68 @@ has_backslash(PyObject *s)
     return find_char(s, '\\', 0) >= 0;
 }
 
-/* The index of the first ORC when every segment is a list of at least min_fields entries with a str
- * segment ID and at least one item segment follows that ORC; -1 otherwise (the Python mapper takes the
- * message, and words the error when there is no item segment). */
-static Py_ssize_t
-first_order(PyObject *segments, Py_ssize_t min_fields, const char *item)
+/* What every mapper checks of its call: want arguments, and the record types registered.  0, or -1 with
+ * the exception set. */
+static int
+check_call(const char *name, Py_ssize_t nargs, Py_ssize_t want)
 {
-    Py_ssize_t nseg = PyList_GET_SIZE(segments), start = -1, items = 0;
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, want);
+        return -1;
+    }
+    if (!registered) {
+        PyErr_Format(PyExc_RuntimeError, "%s: record types not registered", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* What every mapper checks of its arguments: segments a list, key_head a 4-tuple, codings a dict, warnings
+ * a list, and (comp not NULL) comp one character, stored in *sep.  0, or -1 with the exception set. */
+static int
+check_args(const char *name, PyObject *segments, PyObject *head, PyObject *codings, PyObject *warnings,
+           PyObject *comp, Py_UCS4 *sep)
+{
+    if (!PyList_Check(segments) || !PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 4 ||
+        !PyDict_Check(codings) || !PyList_Check(warnings) ||
+        (comp != NULL && (!PyUnicode_Check(comp) || PyUnicode_GET_LENGTH(comp) != 1))) {
+        PyErr_Format(PyExc_TypeError, "%s: bad arguments", name);
+        return -1;
+    }
+    if (comp != NULL) {
+        *sep = PyUnicode_READ_CHAR(comp, 0);
+    }
+    return 0;
+}
+
+/* Whether every segment is a list of at least min_fields entries whose segment ID is a str, as the reader
+ * makes them (the fields a mapper reads are checked where it reads them). */
+static int
+plain_segments(PyObject *segments, Py_ssize_t min_fields)
+{
+    Py_ssize_t nseg = PyList_GET_SIZE(segments);
     for (Py_ssize_t i = 0; i < nseg; i++) {
         PyObject *seg = PyList_GET_ITEM(segments, i);
         if (!PyList_Check(seg) || PyList_GET_SIZE(seg) < min_fields ||
             !PyUnicode_CheckExact(PyList_GET_ITEM(seg, 0))) {
-            return -1;
+            return 0;
         }
-        PyObject *sid = PyList_GET_ITEM(seg, 0);
+    }
+    return 1;
+}
+
+/* The index of the first ORC when the segments are plain (plain_segments) and at least one item segment
+ * follows that ORC; -1 otherwise (the Python mapper takes the message, and words the error when there is no
+ * item segment). */
+static Py_ssize_t
+first_order(PyObject *segments, Py_ssize_t min_fields, const char *item)
+{
+    if (!plain_segments(segments, min_fields)) {
+        return -1;
+    }
+    Py_ssize_t nseg = PyList_GET_SIZE(segments), start = -1, items = 0;
+    for (Py_ssize_t i = 0; i < nseg; i++) {
+        PyObject *sid = PyList_GET_ITEM(PyList_GET_ITEM(segments, i), 0);
         if (start < 0 && is_sid(sid, "ORC")) {
             start = i;
         }
@@ -340,6 +387,24 @@ cached_coding(PyObject *codings, PyObject *coding, PyObject *value, PyObject *se
     return PyObject_Vectorcall(coding, call, 2, NULL);
 }
 
+/* An item's code (cached_coding), the warning missing added when it has none.  1 with *code set (a new
+ * reference), 0 when it has none, -1 on an error. */
+static int
+item_code(PyObject *codings, PyObject *coding, PyObject *value, PyObject *warnings, const char *missing,
+          PyObject **code)
+{
+    PyObject *c = cached_coding(codings, coding, value, NULL);
+    if (c == NULL) {
+        return -1;
+    }
+    if (c == Py_None) {
+        Py_DECREF(c);
+        return warn(warnings, missing) < 0 ? -1 : 0;
+    }
+    *code = c;
+    return 1;
+}
+
 static const Py_ssize_t obx_fields[] = {2, 3, 5, 6, 7, 8, 11, 14}, spm_fields[] = {4}, obr_fields[] = {4, 7};
 
 static inline int
@@ -355,36 +420,24 @@ fields_are_str(PyObject *seg, const Py_ssize_t *which, size_t n)
 
 /* map_lab(segments, key_head, comp, codings, coding, to_iso, unescape, warnings): the LabResults of an OUL
  * message's segments, as agent.ssmix2.mapping._map_oul builds them; None when a segment is not a list of at
- * least MIN_FIELDS str (the Python mapper then takes the message). */
+ * least LAB_MIN_FIELDS str (the Python mapper then takes the message). */
 static PyObject *
 map_lab(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "map_lab takes 8 arguments");
+    if (check_call("map_lab", nargs, 8) < 0) {
         return NULL;
     }
-    PyObject *segments = args[0], *head = args[1], *comp_s = args[2], *codings = args[3], *coding = args[4],
-             *to_iso = args[5], *unescape = args[6], *warnings = args[7];
-    if (!registered) {
-        PyErr_SetString(PyExc_RuntimeError, "map_lab: record types not registered");
+    PyObject *segments = args[0], *head = args[1], *codings = args[3], *coding = args[4], *to_iso = args[5],
+             *unescape = args[6], *warnings = args[7];
+    Py_UCS4 comp;
+    if (check_args("map_lab", segments, head, codings, warnings, args[2], &comp) < 0) {
         return NULL;
     }
-    if (!PyList_Check(segments) || !PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 4 ||
-        !PyUnicode_Check(comp_s) || PyUnicode_GET_LENGTH(comp_s) != 1 || !PyDict_Check(codings) ||
-        !PyList_Check(warnings)) {
-        PyErr_SetString(PyExc_TypeError, "map_lab: bad arguments");
-        return NULL;
+    if (!plain_segments(segments, LAB_MIN_FIELDS)) {
+        Py_RETURN_NONE;
     }
-    Py_UCS4 comp = PyUnicode_READ_CHAR(comp_s, 0);
     Py_ssize_t nseg = PyList_GET_SIZE(segments);
-    for (Py_ssize_t i = 0; i < nseg; i++) {
-        PyObject *seg = PyList_GET_ITEM(segments, i);
-        if (!PyList_Check(seg) || PyList_GET_SIZE(seg) < MIN_FIELDS ||
-            !PyUnicode_CheckExact(PyList_GET_ITEM(seg, 0))) {
-            Py_RETURN_NONE;
-        }
-    }
     /* The fields read below are checked where they are read (not all fields of all segments up front: a
      * message's strings are mostly out of the CPU's caches by now); on a field that is not a str, what was
      * done is undone (the warnings added) and the Python mapper takes the message. */
@@ -405,14 +458,11 @@ map_lab(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto not_here;
             }
             o++;
-            /* OBX-3 observation identifier (JLAC10) */
-            PyObject *code = cached_coding(codings, coding, PyList_GET_ITEM(seg, 3), NULL);
-            if (code == NULL) {
-                goto error;
-            }
-            if (code == Py_None) {
-                Py_DECREF(code);
-                if (warn(warnings, "OBX without an observation code") < 0) {
+            PyObject *code; /* OBX-3 observation identifier (JLAC10) */
+            int has = item_code(codings, coding, PyList_GET_ITEM(seg, 3), warnings,
+                                "OBX without an observation code", &code);
+            if (has <= 0) {
+                if (has < 0) {
                     goto error;
                 }
                 continue;
@@ -558,23 +608,19 @@ static PyObject *
 map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "map_rx_order takes 9 arguments");
+    if (check_call("map_rx_order", nargs, 9) < 0) {
         return NULL;
     }
-    PyObject *segments = args[0], *head = args[1], *comp_s = args[2], *sub = args[3], *codings = args[4],
-             *sub_codings = args[5], *coding = args[6], *to_iso = args[7], *warnings = args[8];
-    if (!registered) {
-        PyErr_SetString(PyExc_RuntimeError, "map_rx_order: record types not registered");
+    PyObject *segments = args[0], *head = args[1], *sub = args[3], *codings = args[4], *sub_codings = args[5],
+             *coding = args[6], *to_iso = args[7], *warnings = args[8];
+    Py_UCS4 comp;
+    if (check_args("map_rx_order", segments, head, codings, warnings, args[2], &comp) < 0) {
         return NULL;
     }
-    if (!PyList_Check(segments) || !PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 4 ||
-        !PyUnicode_Check(comp_s) || PyUnicode_GET_LENGTH(comp_s) != 1 || !PyDict_Check(codings) ||
-        !PyDict_Check(sub_codings) || !PyList_Check(warnings)) {
+    if (!PyDict_Check(sub_codings)) {
         PyErr_SetString(PyExc_TypeError, "map_rx_order: bad arguments");
         return NULL;
     }
-    Py_UCS4 comp = PyUnicode_READ_CHAR(comp_s, 0);
     Py_ssize_t nseg = PyList_GET_SIZE(segments), start = first_order(segments, RX_MIN_FIELDS, "RXE");
     if (start < 0) {
         Py_RETURN_NONE;
@@ -627,13 +673,11 @@ map_rx_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto group_done;
             }
             n++;
-            PyObject *drug = cached_coding(codings, coding, PyList_GET_ITEM(seg, 2), NULL); /* RXE-2 (HOT9) */
-            if (drug == NULL) {
-                goto group_done;
-            }
-            if (drug == Py_None) {
-                Py_DECREF(drug);
-                if (warn(warnings, "RXE without a drug code") < 0) {
+            PyObject *drug; /* RXE-2 give code (HOT9) */
+            int has =
+                item_code(codings, coding, PyList_GET_ITEM(seg, 2), warnings, "RXE without a drug code", &drug);
+            if (has <= 0) {
+                if (has < 0) {
                     goto group_done;
                 }
                 continue;
@@ -688,7 +732,6 @@ not_here:
 }
 
 static const Py_ssize_t rxa_fields[] = {3, 4, 5, 6, 7, 20};
-#define RXA_MIN_FIELDS 21
 
 /* map_rx_given(segments, key_head, codings, coding, to_iso, warnings): the Prescriptions of an RAS message
  * (OMP-11, administrations), as agent.ssmix2.mapping._map_ras_oral builds them; None when a segment is not a
@@ -698,19 +741,12 @@ static PyObject *
 map_rx_given(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "map_rx_given takes 6 arguments");
+    if (check_call("map_rx_given", nargs, 6) < 0) {
         return NULL;
     }
     PyObject *segments = args[0], *head = args[1], *codings = args[2], *coding = args[3], *to_iso = args[4],
              *warnings = args[5];
-    if (!registered) {
-        PyErr_SetString(PyExc_RuntimeError, "map_rx_given: record types not registered");
-        return NULL;
-    }
-    if (!PyList_Check(segments) || !PyTuple_Check(head) || PyTuple_GET_SIZE(head) != 4 || !PyDict_Check(codings) ||
-        !PyList_Check(warnings)) {
-        PyErr_SetString(PyExc_TypeError, "map_rx_given: bad arguments");
+    if (check_args("map_rx_given", segments, head, codings, warnings, NULL, NULL) < 0) {
         return NULL;
     }
     Py_ssize_t nseg = PyList_GET_SIZE(segments), start = first_order(segments, RXA_MIN_FIELDS, "RXA");
@@ -747,14 +783,11 @@ map_rx_given(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto group_done;
             }
             r++;
-            /* RXA-5 administered code (HOT9) */
-            PyObject *drug = cached_coding(codings, coding, PyList_GET_ITEM(seg, 5), NULL);
-            if (drug == NULL) {
-                goto group_done;
-            }
-            if (drug == Py_None) {
-                Py_DECREF(drug);
-                if (warn(warnings, "RXA without a drug code") < 0) {
+            PyObject *drug; /* RXA-5 administered code (HOT9) */
+            int has =
+                item_code(codings, coding, PyList_GET_ITEM(seg, 5), warnings, "RXA without a drug code", &drug);
+            if (has <= 0) {
+                if (has < 0) {
                     goto group_done;
                 }
                 continue;

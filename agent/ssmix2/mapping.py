@@ -247,9 +247,7 @@ def _first(group: list[list[str]], sid: str) -> list[str] | None:
 def _map_rde_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     fast = fast_rx_order
     if fast is not None:
-        n = ctx.name
-        head = (n.patient_id, n.care_date, n.data_type, n.order_no)
-        codings, sub_codings = ctx.codings, _coding_cache(ctx.sub)
+        head, codings, sub_codings = ctx.name.file_key, ctx.codings, _coding_cache(ctx.sub)
         out = fast(msg.segments, head, ctx.comp, ctx.sub, codings, sub_codings, ctx.coding, to_iso, w)
         if out is not None:
             return out
@@ -312,9 +310,7 @@ def _map_rde_oral_python(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 def _map_ras_oral(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     fast = fast_rx_given
     if fast is not None:
-        n = ctx.name
-        head = (n.patient_id, n.care_date, n.data_type, n.order_no)
-        out = fast(msg.segments, head, ctx.codings, ctx.coding, to_iso, w)
+        out = fast(msg.segments, ctx.name.file_key, ctx.codings, ctx.coding, to_iso, w)
         if out is not None:
             return out
     return _map_ras_oral_python(ctx, msg, w)
@@ -471,9 +467,7 @@ fast_lab, fast_rx_order, fast_rx_given = _load_fast_mappers()
 def _map_oul(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     fast = fast_lab
     if fast is not None:
-        n = ctx.name
-        head = (n.patient_id, n.care_date, n.data_type, n.order_no)
-        out = fast(msg.segments, head, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, w)
+        out = fast(msg.segments, ctx.name.file_key, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, w)
         if out is not None:
             return out
     return _map_oul_python(ctx, msg, w)

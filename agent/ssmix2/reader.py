@@ -86,8 +86,12 @@ def _fetch(root: str, found: FoundFile) -> Fetched:
         out.reason = f"cannot read: {e.strerror or e}"
         return out, None, None
     if raw is None:
-        out.reason = f"too large for an SS-MIX2 message ({out.size} bytes)"
+        _too_large(out)
     return out, name, raw
+
+
+def _too_large(out: FileOutcome) -> None:
+    out.reason = f"too large for an SS-MIX2 message ({out.size} bytes)"
 
 
 def _name_checks(out: FileOutcome, file_name: str, rel_dir: tuple[str, ...]) -> SsmixName | None:
@@ -132,7 +136,7 @@ def _fetch_patient_fast(root: str, patient_rel: str) -> list[Fetched] | None:
             fetched.append((out, None, None))
             continue
         if raw is None:  # (a data type backed up is read, unless the file is too large)
-            out.reason = f"too large for an SS-MIX2 message ({size} bytes)"
+            _too_large(out)
         fetched.append((out, name, raw))
     return fetched
 
