@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py hakobune/_jisdecode.c agent/ssmix2/_fastmap.c agent/ssmix2/_fastwalk.c scripts/system-deps
+$(STAMP): pyproject.toml setup.py hakobune/_jisdecode.c agent/ssmix2/_fastmap.c agent/ssmix2/_fastwalk.c restore/fhir/_fastlabs.c scripts/system-deps
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11)"; exit 1; }
 	scripts/system-deps
 	test -d $(VENV) || $(PY) -m venv $(VENV)

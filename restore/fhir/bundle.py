@@ -21,6 +21,7 @@ very text, else a :class:`~decimal.Decimal` that :func:`dumps` writes digit for 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import uuid
 from calendar import monthrange
@@ -902,17 +903,9 @@ class _Builder:
         if url is None:
             u = self.uid("Specimen", sk)
             url = "urn:uuid:" + u
-            res: Json = {
-                "resourceType": "Specimen",
-                "id": u,
-                "meta": {"profile": [JP_SPECIMEN]},
-                "identifier": self.instance_id(sk + "/specimen"),
-            }
             spec = lab["specimen"]
-            if spec is not None and (spec["display"] or spec["code"]):
-                # JLAC10 material codes are a segment of JLAC10, not a code system of their own: text only
-                res["type"] = {"text": spec["display"] or spec["code"]}
-            res["subject"] = {"reference": self.patient_url}
+            text = (spec["display"] or spec["code"] or None) if spec is not None else None
+            res = _specimen_resource(u, self.instance_prefix + sk + "/specimen", text, self.patient_url)
             self.specimens[sk] = url
             self.extra.append((url, res))
         return url
@@ -977,6 +970,21 @@ class _Builder:
                 group.sort(key=_sort_key, reverse=True)
             for order, lab in group if keep_n == 0 else group[:keep_n]:
                 self.lab(lab, order)
+
+
+def _specimen_resource(u: str, instance: str, type_text: str | None, patient_url: str) -> Json:
+    """The Specimen of a lab order's OBR (id ``u``), typed ``type_text`` when the results name one."""
+    res: Json = {
+        "resourceType": "Specimen",
+        "id": u,
+        "meta": {"profile": [JP_SPECIMEN]},
+        "identifier": [{"system": cs.RESOURCE_INSTANCE, "value": instance}],
+    }
+    if type_text:
+        # JLAC10 material codes are a segment of JLAC10, not a code system of their own: text only
+        res["type"] = {"text": type_text}
+    res["subject"] = {"reference": patient_url}
+    return res
 
 
 _SECTIONS: tuple[tuple[Section, tuple[str, str], str, str], ...] = (
@@ -1192,7 +1200,7 @@ class _Template:
     same shape.  :meth:`fill` joins the pieces and the JSON of the values: the bytes :func:`dumps` gives
     for the resource with those values, made without building or serializing its dicts again."""
 
-    __slots__ = ("_holes", "_pieces")
+    __slots__ = ("_holes", "pieces")
 
     def __init__(self, res: Json, holes: int) -> None:
         if holes > len(_HOLES):
@@ -1208,16 +1216,61 @@ class _Template:
             pieces.append(data[at:found])
             at = found + len(marker)
         pieces.append(data[at:])
-        self._pieces = pieces
+        self.pieces = pieces
         self._holes = holes
 
     def fill(self, *values: str) -> orjson.Fragment:
         if len(values) != self._holes:
             raise ValueError(f"a template with {self._holes} holes given {len(values)} values")
         out: list[bytes] = [b""] * (2 * self._holes + 1)
-        out[0::2] = self._pieces
+        out[0::2] = self.pieces
         out[1::2] = map(orjson.dumps, values)
         return orjson.Fragment(b"".join(out))
+
+
+def _fast_lab_parts(*key: str) -> tuple[tuple[bytes, ...], str] | None:
+    """What the compiled lab section (:func:`_fast_results`) takes from :func:`_shared_lab_parts`: the
+    template's pieces and the narrative tail, or None when there is no template."""
+    parts, template = _parts(_SHARED, key, _shared_lab_parts)
+    return None if template is None else (tuple(template.pieces), parts[-1])
+
+
+#: The lab results of a bundle, done in C: (other encodings, results section items, specimen entries) for
+#: the plain case, else None (restore/fhir/_fastlabs.c).
+FastResults = Callable[..., "tuple[list[bytes], list[_Item], list[tuple[str, Json]]] | None"]
+
+
+def _load_fast_results() -> FastResults | None:
+    """The compiled lab section, or None without it (or with ``HAKOBUNE_PURE_PYTHON=1``)."""
+    if os.environ.get("HAKOBUNE_PURE_PYTHON"):
+        return None
+    try:
+        import restore.fhir._fastlabs as _fastlabs
+    except ImportError:
+        return None
+    prefix = b'{"kind":"lab","v":%d,"r":{"key":{"patient_id":' % FORMAT_VERSION
+    _fastlabs.register(prefix, _fast_lab_parts, _specimen_resource, orjson.Fragment)
+    results: FastResults = _fastlabs.results
+    return results
+
+
+fast_results = _load_fast_results()
+
+
+@lru_cache(maxsize=16)
+def _id_bases(hospital: str) -> tuple[Any, Any] | None:
+    """The hashes of the Observation and Specimen ids of ``hospital`` before the record's name (what
+    :func:`make_id` of ``hospital|Kind|name`` starts with); None when the hospital's instance prefix is
+    not JSON as it stands (the compiled section writes it between quotes)."""
+    prefix = hospital + "/"
+    if orjson.dumps(prefix) != b'"' + prefix.encode() + b'"':
+        return None
+    bases = []
+    for kind in ("Observation", "Specimen"):
+        h = _ID_SHA1.copy()
+        h.update(f"{hospital}|{kind}|".encode())
+        bases.append(h)
+    return bases[0], bases[1]
 
 
 def _record_id(k: Json) -> _RecordId:
@@ -1340,18 +1393,45 @@ def serialized_bundle(
     hot path.  The bundle is serialized at once and never handed out, so the parts that depend only on
     a code and a value (a lab result's coding, quantity, reference range …) are made once per process and
     shared between resources and bundles instead of being made again for each."""
-    bundle = _bundle(
-        patient,
-        map(orjson.loads, in_window(encoded, as_of=as_of, window=window)),
-        hospital=hospital,
-        hospital_name=hospital_name,
-        as_of=as_of,
-        window=window,
-        generated_at=generated_at,
-        shared=_SHARED,
-        fragments=True,
-    )
+    args: dict[str, Any] = {
+        "hospital": hospital,
+        "hospital_name": hospital_name,
+        "as_of": as_of,
+        "window": window,
+        "generated_at": generated_at,
+        "shared": _SHARED,
+        "fragments": True,
+    }
+    fast = fast_results
+    bases = _id_bases(hospital) if fast is not None else None
+    if fast is not None and bases is not None:
+        pid = patient.key.patient_id
+        day = as_of.isoformat()
+        if not isinstance(encoded, (list, tuple)):
+            encoded = tuple(encoded)
+        done = fast(
+            encoded,
+            pid,
+            day,
+            _cuts(day, window)[2],
+            window.max_labs_per_code,
+            hospital + "/",
+            "urn:uuid:" + make_id(f"{hospital}|Patient|{pid}"),
+            *bases,
+        )
+        if done is not None:
+            others, results, specimens = done
+            try:
+                bundle = _bundle(patient, map(orjson.loads, others), results=(results, specimens), **args)
+                return dumps(bundle), len(bundle["entry"])
+            except _NotPlain:
+                pass
+    bundle = _bundle(patient, map(orjson.loads, in_window(encoded, as_of=as_of, window=window)), **args)
     return dumps(bundle), len(bundle["entry"])
+
+
+class _NotPlain(Exception):
+    """The compiled lab section does not apply after all (a lab result not in canonical form)."""
 
 
 def _bundle(
@@ -1365,8 +1445,11 @@ def _bundle(
     generated_at: datetime,
     shared: dict[tuple[Any, ...], Any] | None = None,
     fragments: bool = False,
+    results: tuple[list[_Item], list[tuple[str, Json]]] | None = None,
 ) -> Json:
-    """The bundle of ``records``: decoded encodings (``{"kind": …, "v": 1, "r": {…}}``)."""
+    """The bundle of ``records``: decoded encodings (``{"kind": …, "v": 1, "r": {…}}``).  ``results``:
+    the lab results' section items (in order) and specimens, made already (:data:`fast_results`; then
+    ``records`` holds no lab result, else :class:`_NotPlain`)."""
     if generated_at.tzinfo is None or generated_at.utcoffset() is None:
         raise ValueError("generated_at must be timezone-aware")
     pid = patient.key.patient_id
@@ -1397,7 +1480,12 @@ def _bundle(
         b.prescription(p, positions.get(_record_id(p["key"]), 1))
     for j in by_kind["injection"]:
         b.injection(j)
-    b.labs(by_kind["lab"])
+    if results is None:
+        b.labs(by_kind["lab"])
+    elif by_kind["lab"]:
+        raise _NotPlain
+    else:
+        b.extra.extend(results[1])
 
     timestamp = generated_at.isoformat(timespec="seconds")
     composition_id = b.uid("Composition", pid)
@@ -1405,7 +1493,10 @@ def _bundle(
     entries: list[Json] = []
     for name, (code, display), title, empty in _SECTIONS:
         # newest first (active problems before resolved ones), then by record key, descending
-        items = sorted(b.sections.get(name, ()), key=_sort_key, reverse=True)
+        if name == "results" and results is not None:
+            items = results[0]
+        else:
+            items = sorted(b.sections.get(name, ()), key=_sort_key, reverse=True)
         if not items and name == "results":
             continue
         section: Json = {
