@@ -17,6 +17,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 /* --- registered by restore.fhir.bundle --------------------------------------------------------------- */
@@ -24,6 +25,12 @@ static PyObject *lab_prefix;   /* bytes: {"kind":"lab","v":<FORMAT_VERSION>,"r":
 static PyObject *lab_kind;     /* bytes: {"kind":"lab" (a line starting so is a lab result, or not plain) */
 static PyObject *parts_maker;  /* (system, code, display, status, value_type, value, unit, flag, range) ->
                                   ((6 template pieces as bytes), narrative tail) | None */
+static PyObject *number_parts_maker; /* (system, code, display, status, value_type, unit, flag, range) ->
+                                        ((7 template pieces, the number's hole 4th), tail before the value,
+                                        tail after it, as UTF-8) | None */
+static PyObject *number_maker;   /* value text -> its JSON as a number (bytes) | None */
+static PyObject *numbers;        /* value as encoded -> number_maker's answer */
+#define NUMBERS_MAX 65536
 static PyObject *specimen_maker; /* (id, identifier value, type text | None, patient url) -> resource */
 static PyObject *fragment_type;  /* orjson.Fragment */
 static PyObject *parts_cache;    /* the raw bytes of a result's code..status -> parts_maker's answer */
@@ -49,7 +56,7 @@ typedef struct {
     int has_specimen;
     const char *parts;    /* the encoding of code .. status: equal bytes, equal shared parts */
     Py_ssize_t parts_n;
-    char day[11];         /* the day it counts for (YYYY, YYYY-MM or YYYY-MM-DD) */
+    char day[12];         /* the day it counts for (YYYY, YYYY-MM or YYYY-MM-DD), room for a space */
     int day_n;
     char effective[48];   /* fhir_datetime(observed_at), when it is one */
     int effective_n;
@@ -115,6 +122,14 @@ utf8_ok(const unsigned char *s, Py_ssize_t n)
         unsigned char c = s[i];
         if (c < 0x80) {
             i++;
+            while (n - i >= 8) { /* ASCII runs 8 bytes at a time */
+                uint64_t w;
+                memcpy(&w, s + i, 8);
+                if (w & 0x8080808080808080ULL) {
+                    break;
+                }
+                i += 8;
+            }
             continue;
         }
         int len;
@@ -548,92 +563,165 @@ key_text(Buf *b, const Lab *lab, int upto_group)
     return 0;
 }
 
+/* "urn:uuid:" and an id (ASCII). */
+static PyObject *
+make_url(const char u[36])
+{
+    PyObject *url = PyUnicode_New(45, 127);
+    if (url != NULL) {
+        memcpy(PyUnicode_DATA(url), "urn:uuid:", 9);
+        memcpy((char *)PyUnicode_DATA(url) + 9, u, 36);
+    }
+    return url;
+}
+
 static PyObject *
 make_str(const char *s, Py_ssize_t n)
 {
     return PyUnicode_DecodeUTF8(s, n, "strict");
 }
 
-/* parts_maker's answer for this result: ((6 pieces), tail), Py_None (no template: not plain) or NULL. */
+/* ``maker`` of the given fields, remembered in ``cache`` under ``key`` (a new reference, taken), the table
+ * starting again when it holds ``max`` answers: the answer, Py_None or NULL (an error). */
 static PyObject *
-parts_of(const Lab *lab)
+cached_call(PyObject *cache, Py_ssize_t max, PyObject *key, PyObject *maker, const Lab *lab, const int *fields,
+            int n_fields)
 {
-    PyObject *key = PyBytes_FromStringAndSize(lab->parts, lab->parts_n);
     if (key == NULL) {
         return NULL;
     }
-    PyObject *found = PyDict_GetItemWithError(parts_cache, key);
+    PyObject *found = PyDict_GetItemWithError(cache, key);
     if (found != NULL || PyErr_Occurred()) {
         Py_DECREF(key);
         Py_XINCREF(found);
         return found;
     }
-    static const int order[9] = {SYSTEM, CODE, DISPLAY, STATUS, VTYPE, VALUE, UNIT, FLAG, RANGE};
     PyObject *args[9];
     int made = 0;
-    for (; made < 9; made++) {
-        Str s = lab->f[order[made]];
+    for (; made < n_fields; made++) {
+        Str s = lab->f[fields[made]];
         if ((args[made] = make_str(s.p, s.n)) == NULL) {
             break;
         }
     }
-    PyObject *parts = made == 9 ? PyObject_Vectorcall(parts_maker, args, 9, NULL) : NULL;
+    PyObject *answer = made == n_fields ? PyObject_Vectorcall(maker, args, (size_t)n_fields, NULL) : NULL;
     while (made > 0) {
         Py_DECREF(args[--made]);
     }
-    if (parts != NULL && parts != Py_None &&
-        !(PyTuple_Check(parts) && PyTuple_GET_SIZE(parts) == 2 && PyTuple_Check(PyTuple_GET_ITEM(parts, 0)) &&
-          PyTuple_GET_SIZE(PyTuple_GET_ITEM(parts, 0)) == 6 && PyUnicode_Check(PyTuple_GET_ITEM(parts, 1)))) {
-        Py_CLEAR(parts);
-        PyErr_SetString(PyExc_TypeError, "lab parts: ((6 pieces), tail) or None");
-    }
-    if (parts != NULL) {
-        for (int i = 0; parts != Py_None && i < 6; i++) {
-            if (!PyBytes_Check(PyTuple_GET_ITEM(PyTuple_GET_ITEM(parts, 0), i))) {
-                Py_CLEAR(parts);
-                PyErr_SetString(PyExc_TypeError, "lab parts: template pieces are bytes");
-                break;
-            }
+    if (answer != NULL) {
+        if (PyDict_GET_SIZE(cache) >= max) {
+            PyDict_Clear(cache);
         }
-    }
-    if (parts != NULL) {
-        if (PyDict_GET_SIZE(parts_cache) >= PARTS_CACHE_MAX) {
-            PyDict_Clear(parts_cache);
-        }
-        if (PyDict_SetItem(parts_cache, key, parts) < 0) {
-            Py_CLEAR(parts);
+        if (PyDict_SetItem(cache, key, answer) < 0) {
+            Py_CLEAR(answer);
         }
     }
     Py_DECREF(key);
+    return answer;
+}
+
+/* Whether ``t`` is a tuple of ``pieces`` bytes followed by ``texts`` objects of ``text_type``. */
+static int
+parts_shape(PyObject *t, Py_ssize_t pieces, Py_ssize_t texts, PyTypeObject *text_type)
+{
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 1 + texts || !PyTuple_Check(PyTuple_GET_ITEM(t, 0)) ||
+        PyTuple_GET_SIZE(PyTuple_GET_ITEM(t, 0)) != pieces) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < pieces; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(PyTuple_GET_ITEM(t, 0), i))) {
+            return 0;
+        }
+    }
+    for (Py_ssize_t i = 1; i <= texts; i++) {
+        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(t, i), text_type)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* parts_maker's answer for this result: ((6 pieces), tail), Py_None (no template: not plain) or NULL. */
+static PyObject *
+parts_of(const Lab *lab)
+{
+    static const int fields[9] = {SYSTEM, CODE, DISPLAY, STATUS, VTYPE, VALUE, UNIT, FLAG, RANGE};
+    PyObject *key = PyBytes_FromStringAndSize(lab->parts, lab->parts_n);
+    PyObject *parts = cached_call(parts_cache, PARTS_CACHE_MAX, key, parts_maker, lab, fields, 9);
+    if (parts != NULL && parts != Py_None && !parts_shape(parts, 6, 1, &PyUnicode_Type)) {
+        Py_CLEAR(parts);
+        PyErr_SetString(PyExc_TypeError, "lab parts: ((6 pieces as bytes), tail) or None");
+    }
     return parts;
 }
 
-/* The Observation: the template's pieces with the JSON strings of its holes between them (instance,
- * subject, effective time, specimen, id), as an orjson.Fragment. */
+/* The JSON of the result's value when it is a number (bytes), Py_None when it is not, or NULL. */
 static PyObject *
-observation(PyObject *pieces, const char *const *hole, const Py_ssize_t *hole_n)
+number_of(const Lab *lab)
 {
-    Py_ssize_t n = 0;
-    for (int i = 0; i < 6; i++) {
+    static const int fields[1] = {VALUE};
+    PyObject *key = PyBytes_FromStringAndSize(lab->f[VALUE].p, lab->f[VALUE].n);
+    PyObject *number = cached_call(numbers, NUMBERS_MAX, key, number_maker, lab, fields, 1);
+    if (number != NULL && number != Py_None && !PyBytes_Check(number)) {
+        Py_CLEAR(number);
+        PyErr_SetString(PyExc_TypeError, "a number's JSON: bytes or None");
+    }
+    return number;
+}
+
+/* number_parts_maker's answer for this result (whose value is a number), keyed by all it is made of:
+ * ((7 pieces), before, after), Py_None (no template) or NULL. */
+static PyObject *
+number_parts_of(const Lab *lab)
+{
+    static const int fields[8] = {SYSTEM, CODE, DISPLAY, STATUS, VTYPE, UNIT, FLAG, RANGE};
+    /* the encoding of code .. status without the value's text, after a 'N' */
+    Py_ssize_t before = lab->f[VALUE].p - lab->parts, after = lab->parts_n - before - lab->f[VALUE].n;
+    PyObject *key = PyBytes_FromStringAndSize(NULL, 1 + lab->parts_n - lab->f[VALUE].n);
+    if (key != NULL) {
+        char *k = PyBytes_AS_STRING(key);
+        k[0] = 'N';
+        memcpy(k + 1, lab->parts, (size_t)before);
+        memcpy(k + 1 + before, lab->f[VALUE].p + lab->f[VALUE].n, (size_t)after);
+    }
+    PyObject *parts = cached_call(parts_cache, PARTS_CACHE_MAX, key, number_parts_maker, lab, fields, 8);
+    if (parts != NULL && parts != Py_None && !parts_shape(parts, 7, 2, &PyBytes_Type)) {
+        Py_CLEAR(parts);
+        PyErr_SetString(PyExc_TypeError, "lab number parts: ((7 pieces as bytes), before, after) or None");
+    }
+    return parts;
+}
+
+/* The Observation: the template's pieces with the values of its holes between them (JSON strings, quoted
+ * here, unless ``raw`` says the value is JSON already), as an orjson.Fragment. */
+static PyObject *
+observation(PyObject *pieces, const char *const *hole, const Py_ssize_t *hole_n, const int *raw)
+{
+    Py_ssize_t holes = PyTuple_GET_SIZE(pieces) - 1, n = 0;
+    for (Py_ssize_t i = 0; i <= holes; i++) {
         n += PyBytes_GET_SIZE(PyTuple_GET_ITEM(pieces, i));
     }
-    for (int i = 0; i < 5; i++) {
-        n += hole_n[i] + 2;
+    for (Py_ssize_t i = 0; i < holes; i++) {
+        n += hole_n[i] + (raw[i] ? 0 : 2);
     }
     PyObject *data = PyBytes_FromStringAndSize(NULL, n);
     if (data == NULL) {
         return NULL;
     }
     char *o = PyBytes_AS_STRING(data);
-    for (int i = 0; i < 6; i++) {
+    for (Py_ssize_t i = 0; i <= holes; i++) {
         PyObject *piece = PyTuple_GET_ITEM(pieces, i);
         memcpy(o, PyBytes_AS_STRING(piece), (size_t)PyBytes_GET_SIZE(piece));
         o += PyBytes_GET_SIZE(piece);
-        if (i < 5) {
-            *o++ = '"';
+        if (i < holes) {
+            if (!raw[i]) {
+                *o++ = '"';
+            }
             memcpy(o, hole[i], (size_t)hole_n[i]);
             o += hole_n[i];
-            *o++ = '"';
+            if (!raw[i]) {
+                *o++ = '"';
+            }
         }
     }
     PyObject *fragment = PyObject_CallOneArg(fragment_type, data);
@@ -665,7 +753,7 @@ specimen(Specimens *seen, Buf *sk, const Lab *lab, PyObject *base, PyObject *pre
     if (make_id(base, sk->p, sk->n, u) < 0) {
         return NULL;
     }
-    PyObject *url = PyUnicode_FromFormat("urn:uuid:%.36s", u);
+    PyObject *url = make_url(u);
     PyObject *id = PyUnicode_FromStringAndSize(u, 36);
     PyObject *tail = NULL; /* the identifier's value: instance prefix, OBR key, /specimen */
     Buf t = {NULL, 0, 0};
@@ -885,18 +973,38 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     int plain = 1, failed = 0;
+    Buf instance = {NULL, 0, 0}, text = {NULL, 0, 0};
     for (Py_ssize_t i = 0; i < kept && plain && !failed; i++) {
         Lab *lab = order[i];
         lab->seq = i; /* now: the order it was added to the section */
-        PyObject *parts = parts_of(lab);
-        if (parts == NULL) {
-            failed = 1;
-            break;
+        /* a number (the Python path's valueQuantity): one template for every value of the test */
+        PyObject *number = NULL, *parts = NULL;
+        Str vt = lab->f[VTYPE];
+        if (vt.n == 0 || (vt.n == 2 && (memcmp(vt.p, "NM", 2) == 0 || memcmp(vt.p, "SN", 2) == 0))) {
+            if ((number = number_of(lab)) == NULL) {
+                failed = 1;
+                break;
+            }
+            if (number != Py_None && (parts = number_parts_of(lab)) == NULL) {
+                Py_DECREF(number);
+                failed = 1;
+                break;
+            }
+            if (parts == Py_None || number == Py_None) {
+                Py_CLEAR(parts);
+                Py_CLEAR(number);
+            }
         }
-        if (parts == Py_None) {
-            Py_DECREF(parts);
-            plain = 0;
-            break;
+        if (parts == NULL) {
+            if ((parts = parts_of(lab)) == NULL) {
+                failed = 1;
+                break;
+            }
+            if (parts == Py_None) {
+                Py_DECREF(parts);
+                plain = 0;
+                break;
+            }
         }
         PyObject *spec_url = NULL, *url = NULL, *fragment = NULL, *line = NULL;
         char u[36];
@@ -908,29 +1016,50 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         else {
             Py_ssize_t spec_n;
             const char *spec = PyUnicode_AsUTF8AndSize(spec_url, &spec_n);
-            Buf instance = {NULL, 0, 0};
+            instance.n = 0;
             if (spec == NULL || put(&instance, prefix, prefix_n) < 0 || put(&instance, sk.p, sk.n) < 0) {
                 failed = 1;
             }
             else {
-                const char *hole[5] = {instance.p, patient_url,
-                                       lab->effective_n >= 0 ? lab->effective : lab->day, spec, u};
-                Py_ssize_t hole_n[5] = {instance.n, url_n, lab->effective_n >= 0 ? lab->effective_n : lab->day_n,
-                                        spec_n, 36};
-                fragment = observation(PyTuple_GET_ITEM(parts, 0), hole, hole_n);
-                url = PyUnicode_FromFormat("urn:uuid:%.36s", u);
-                line = PyUnicode_FromFormat("%s %U", lab->day, PyTuple_GET_ITEM(parts, 1));
+                const char *effective = lab->effective_n >= 0 ? lab->effective : lab->day;
+                Py_ssize_t effective_n = lab->effective_n >= 0 ? lab->effective_n : lab->day_n;
+                lab->day[lab->day_n] = ' ';
+                if (number != NULL) {
+                    const char *hole[6] = {instance.p, patient_url, effective, PyBytes_AS_STRING(number), spec, u};
+                    Py_ssize_t hole_n[6] = {instance.n, url_n, effective_n, PyBytes_GET_SIZE(number), spec_n, 36};
+                    static const int raw[6] = {0, 0, 0, 1, 0, 0};
+                    fragment = observation(PyTuple_GET_ITEM(parts, 0), hole, hole_n, raw);
+                    /* "day " + the tail before the value + the value as written + the tail after it */
+                    PyObject *before = PyTuple_GET_ITEM(parts, 1), *after = PyTuple_GET_ITEM(parts, 2);
+                    text.n = 0;
+                    if (put(&text, lab->day, lab->day_n + 1) == 0 &&
+                        put(&text, PyBytes_AS_STRING(before), PyBytes_GET_SIZE(before)) == 0 &&
+                        put(&text, lab->f[VALUE].p, lab->f[VALUE].n) == 0 &&
+                        put(&text, PyBytes_AS_STRING(after), PyBytes_GET_SIZE(after)) == 0) {
+                        line = make_str(text.p, text.n);
+                    }
+                }
+                else {
+                    const char *hole[5] = {instance.p, patient_url, effective, spec, u};
+                    Py_ssize_t hole_n[5] = {instance.n, url_n, effective_n, spec_n, 36};
+                    static const int raw[5] = {0, 0, 0, 0, 0};
+                    fragment = observation(PyTuple_GET_ITEM(parts, 0), hole, hole_n, raw);
+                    PyObject *day = PyUnicode_FromStringAndSize(lab->day, lab->day_n + 1); /* "day " */
+                    line = day ? PyUnicode_Concat(day, PyTuple_GET_ITEM(parts, 1)) : NULL;
+                    Py_XDECREF(day);
+                }
+                url = make_url(u);
                 if (fragment && url && line) {
                     built[i] = PyTuple_Pack(4, empty_tuple, url, fragment, line);
                 }
                 failed = built[i] == NULL;
             }
-            PyMem_Free(instance.p);
         }
         Py_XDECREF(spec_url);
         Py_XDECREF(url);
         Py_XDECREF(fragment);
         Py_XDECREF(line);
+        Py_XDECREF(number);
         Py_DECREF(parts);
     }
     if (plain && !failed) {
@@ -953,6 +1082,8 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         Py_XDECREF(built[i]);
     }
     PyMem_Free(built);
+    PyMem_Free(instance.p);
+    PyMem_Free(text.p);
 
 done:
     Py_XDECREF(others);
@@ -972,12 +1103,15 @@ static PyObject *
 register_(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 4 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) < 14 || !PyCallable_Check(args[1]) ||
-        !PyCallable_Check(args[2]) || !PyType_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "register(lab_prefix, lab_parts, specimen, Fragment)");
+    if (nargs != 6 || !PyBytes_Check(args[0]) || PyBytes_GET_SIZE(args[0]) < 14 || !PyCallable_Check(args[1]) ||
+        !PyCallable_Check(args[2]) || !PyCallable_Check(args[3]) || !PyCallable_Check(args[4]) ||
+        !PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "register(lab_prefix, lab_parts, number_parts, number_json, specimen, Fragment)");
         return NULL;
     }
-    if (parts_cache == NULL && (parts_cache = PyDict_New()) == NULL) {
+    if ((parts_cache == NULL && (parts_cache = PyDict_New()) == NULL) ||
+        (numbers == NULL && (numbers = PyDict_New()) == NULL)) {
         return NULL;
     }
     PyObject *kind = PyBytes_FromStringAndSize(PyBytes_AS_STRING(args[0]), 13); /* {"kind":"lab" */
@@ -987,15 +1121,19 @@ register_(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(lab_kind, kind);
     Py_XSETREF(lab_prefix, Py_NewRef(args[0]));
     Py_XSETREF(parts_maker, Py_NewRef(args[1]));
-    Py_XSETREF(specimen_maker, Py_NewRef(args[2]));
-    Py_XSETREF(fragment_type, Py_NewRef(args[3]));
+    Py_XSETREF(number_parts_maker, Py_NewRef(args[2]));
+    Py_XSETREF(number_maker, Py_NewRef(args[3]));
+    Py_XSETREF(specimen_maker, Py_NewRef(args[4]));
+    Py_XSETREF(fragment_type, Py_NewRef(args[5]));
     PyDict_Clear(parts_cache);
+    PyDict_Clear(numbers);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"register", (PyCFunction)(void (*)(void))register_, METH_FASTCALL,
-     "register(lab_prefix, lab_parts, specimen, Fragment): what results() calls back."},
+     "register(lab_prefix, lab_parts, number_parts, number_json, specimen, Fragment): what results() calls "
+     "back."},
     {"results", (PyCFunction)(void (*)(void))results, METH_FASTCALL,
      "results(encoded, patient_id, as_of, cut, keep_n, instance_prefix, patient_url, observation_hash, "
      "specimen_hash) -> (other encodings, results section items, specimen entries) | None (not plain)."},

@@ -6,6 +6,8 @@ from typing import Any
 def register(
     lab_prefix: bytes,
     lab_parts: Callable[..., tuple[tuple[bytes, ...], str] | None],
+    number_parts: Callable[..., tuple[tuple[bytes, ...], bytes, bytes] | None],
+    number_json: Callable[[str], bytes | None],
     specimen: Callable[[str, str, str | None, str], dict[str, Any]],
     fragment: type,
     /,

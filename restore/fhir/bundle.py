@@ -1185,14 +1185,15 @@ def _shared_lab_parts(*key: str) -> tuple[_LabParts, _Template | None]:
     res = _observation(parts, *_HOLES[:4])
     res["id"] = _HOLES[4]
     try:
-        return parts, _Template(res, 5)
+        return parts, _Template(res, _HOLES[:5])
     except ValueError:
         return parts, None
 
 
 #: Markers of the holes of a :class:`_Template` (text no record is expected to hold; a template checks
-#: that each is found exactly once, in order).
-_HOLES = tuple(f"\0hakobune-hole-{i}\0" for i in range(5))
+#: that each is found exactly once, in order).  The last one stands for a lab result's number.
+_HOLES = tuple(f"\0hakobune-hole-{i}\0" for i in range(6))
+_NUMBER_HOLE = _HOLES[5]
 
 
 class _Template:
@@ -1202,13 +1203,12 @@ class _Template:
 
     __slots__ = ("_holes", "pieces")
 
-    def __init__(self, res: Json, holes: int) -> None:
-        if holes > len(_HOLES):
-            raise ValueError(f"a template has at most {len(_HOLES)} holes")
+    def __init__(self, res: Json, markers: tuple[str, ...]) -> None:
+        """``markers``: the holes' markers (of :data:`_HOLES`) in the order they appear in ``res``."""
         data = dumps(res)
         pieces: list[bytes] = []
         at = 0
-        for hole in _HOLES[:holes]:
+        for hole in markers:
             marker = orjson.dumps(hole)
             found = data.find(marker, at)
             if found < 0 or data.find(marker, found + len(marker)) >= 0:
@@ -1217,7 +1217,7 @@ class _Template:
             at = found + len(marker)
         pieces.append(data[at:])
         self.pieces = pieces
-        self._holes = holes
+        self._holes = len(markers)
 
     def fill(self, *values: str) -> orjson.Fragment:
         if len(values) != self._holes:
@@ -1235,6 +1235,38 @@ def _fast_lab_parts(*key: str) -> tuple[tuple[bytes, ...], str] | None:
     return None if template is None else (tuple(template.pieces), parts[-1])
 
 
+def _fast_lab_number_parts(
+    system: str, code: str, display: str, status: str, value_type: str, unit: str, flag: str, range_text: str
+) -> tuple[tuple[bytes, ...], bytes, bytes] | None:
+    """For the compiled lab section: the template of an Observation whose value is a number (any number:
+    a hole between the effective time and the specimen, filled with :func:`_number_json`), and the
+    narrative tail before and after the value's text (UTF-8); None when a value holds a hole's marker."""
+    parts = _lab_parts(system, code, display, status, value_type, _NUMBER_HOLE, unit, flag, range_text)
+    number = orjson.Fragment(orjson.dumps(_NUMBER_HOLE))
+    quantity: Json = {"value": number, "unit": unit} if unit else {"value": number}
+    meta, obs_status, category, concept, _, interpretation, reference_range, tail = parts
+    value = ("valueQuantity", quantity)
+    res = _observation(
+        (meta, obs_status, category, concept, value, interpretation, reference_range, tail), *_HOLES[:4]
+    )
+    res["id"] = _HOLES[4]
+    before, marker, after = tail.partition(_NUMBER_HOLE)
+    try:
+        template = _Template(res, (*_HOLES[:3], _NUMBER_HOLE, *_HOLES[3:5]))
+    except ValueError:
+        return None
+    if not marker or _NUMBER_HOLE in after:
+        return None
+    return tuple(template.pieces), before.encode(), after.encode()
+
+
+def _number_json(text: str) -> bytes | None:
+    """What :func:`dumps` writes for a lab result's value when it is a number (see :func:`_decimal`),
+    else None."""
+    number = _decimal(text)
+    return None if number is None else dumps(number)
+
+
 #: The lab results of a bundle, done in C: (other encodings, results section items, specimen entries) for
 #: the plain case, else None (restore/fhir/_fastlabs.c).
 FastResults = Callable[..., "tuple[list[bytes], list[_Item], list[tuple[str, Json]]] | None"]
@@ -1249,7 +1281,9 @@ def _load_fast_results() -> FastResults | None:
     except ImportError:
         return None
     prefix = b'{"kind":"lab","v":%d,"r":{"key":{"patient_id":' % FORMAT_VERSION
-    _fastlabs.register(prefix, _fast_lab_parts, _specimen_resource, orjson.Fragment)
+    _fastlabs.register(
+        prefix, _fast_lab_parts, _fast_lab_number_parts, _number_json, _specimen_resource, orjson.Fragment
+    )
     results: FastResults = _fastlabs.results
     return results
 

@@ -156,7 +156,36 @@ _CODES = st.sampled_from(
 _SPECIMENS = st.sampled_from(
     [None, Coding("023", "血清", "JC10"), Coding("019", "", "JC10"), Coding("", "", "")]
 )
-_VALUES = st.sampled_from(["7.0", "6.70", "<0.5", "陰性", "", "1e3", "+1", "07.5"])
+_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "7.0",
+            "6.70",
+            "<0.5",
+            "陰性",
+            "",
+            "1e3",
+            "+1",
+            "07.5",
+            "-0.0",
+            "0.0000001",
+            "123456789012345678.5",
+            " 7.0 ",
+            "１２",
+            "1E3",
+            ".5",
+            "12345678901234567",
+            "999999999999999",
+            "-12",
+            "0.1",
+            "1e-7",
+            "NaN",
+            "inf",
+        ]
+    ),
+    st.decimals(allow_nan=False, allow_infinity=False, places=3).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+)
 
 
 @st.composite
@@ -169,7 +198,7 @@ def _labs(draw: st.DrawFn) -> LabResult:
         draw(_CODES),
         draw(st.sampled_from(["NM", "ST", ""])),
         draw(_VALUES),
-        draw(st.sampled_from(["mg/dl", "", "%"])),
+        draw(st.sampled_from(["mg/dl", "", "%", "10^3/uL"])),
         draw(st.sampled_from(["73-109", "", "<5"])),
         draw(st.sampled_from(["H", "", "L", "?"])),
         draw(st.sampled_from(["F", "C", ""])),
