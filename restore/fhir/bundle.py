@@ -1264,7 +1264,7 @@ def _number_json(text: str) -> bytes | None:
     """What :func:`dumps` writes for a lab result's value when it is a number (see :func:`_decimal`),
     else None."""
     number = _decimal(text)
-    return None if number is None else dumps(number)
+    return None if number is None else orjson.dumps(number, default=_default)
 
 
 #: The lab results of a bundle, done in C: (other encodings, results section items, specimen entries) for
