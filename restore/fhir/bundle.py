@@ -13,6 +13,10 @@ within the window, every allergy, the medications and injections and the lab res
 all relative to ``as_of``.  Records dated after ``as_of`` are left out, so an older ``as_of`` gives the
 summary as it stood then.
 
+The lab results of the export's path are read and shaped in C (``restore/fhir/_fastlabs.c``, through
+:data:`fast_results`) when their encodings are plain; the Python code here stays the reference and the
+fallback, and the tests compare both byte for byte.
+
 Numbers (amounts, lab values) are kept as the source wrote them: an int or float where its JSON is the
 very text, else a :class:`~decimal.Decimal` that :func:`dumps` writes digit for digit (``6.70`` stays
 ``6.70``).
