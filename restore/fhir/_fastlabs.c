@@ -63,6 +63,7 @@ typedef struct {
     Py_ssize_t code_n;    /* its code as encoded ("code":{…}, at ``parts``) */
     Py_ssize_t group;     /* its code as encoded, then its test (system, code or display); -1: dropped */
     Py_ssize_t seq;       /* position among the lab results in the window */
+    char id[36];          /* its Observation's id */
 } Lab;
 
 static int
@@ -528,6 +529,9 @@ typedef struct {
 static int
 put(Buf *b, const char *s, Py_ssize_t n)
 {
+    if (n == 0) {
+        return 0;
+    }
     if (b->n + n > b->cap) {
         Py_ssize_t cap = (b->cap + n) * 2;
         char *p = PyMem_Realloc(b->p, (size_t)cap);
@@ -695,9 +699,11 @@ number_parts_of(const Lab *lab)
 /* The Observation: the template's pieces with the values of its holes between them (JSON strings, quoted
  * here, unless ``raw`` says the value is JSON already), as an orjson.Fragment. */
 static PyObject *
-observation(PyObject *pieces, const char *const *hole, const Py_ssize_t *hole_n, const int *raw)
+observation(PyObject *pieces, const char *const *hole, const Py_ssize_t *hole_n, const int *raw, const char *id)
 {
-    Py_ssize_t holes = PyTuple_GET_SIZE(pieces) - 1, n = 0;
+    /* as the bundle's entry: {"fullUrl":"urn:uuid:<id>","resource":<the Observation>} */
+    static const char head[] = "{\"fullUrl\":\"urn:uuid:", middle[] = "\",\"resource\":";
+    Py_ssize_t holes = PyTuple_GET_SIZE(pieces) - 1, n = sizeof(head) - 1 + 36 + sizeof(middle) - 1 + 1;
     for (Py_ssize_t i = 0; i <= holes; i++) {
         n += PyBytes_GET_SIZE(PyTuple_GET_ITEM(pieces, i));
     }
@@ -709,6 +715,12 @@ observation(PyObject *pieces, const char *const *hole, const Py_ssize_t *hole_n,
         return NULL;
     }
     char *o = PyBytes_AS_STRING(data);
+    memcpy(o, head, sizeof(head) - 1);
+    o += sizeof(head) - 1;
+    memcpy(o, id, 36);
+    o += 36;
+    memcpy(o, middle, sizeof(middle) - 1);
+    o += sizeof(middle) - 1;
     for (Py_ssize_t i = 0; i <= holes; i++) {
         PyObject *piece = PyTuple_GET_ITEM(pieces, i);
         memcpy(o, PyBytes_AS_STRING(piece), (size_t)PyBytes_GET_SIZE(piece));
@@ -724,6 +736,7 @@ observation(PyObject *pieces, const char *const *hole, const Py_ssize_t *hole_n,
             }
         }
     }
+    *o = '}';
     PyObject *fragment = PyObject_CallOneArg(fragment_type, data);
     Py_DECREF(data);
     return fragment;
@@ -967,8 +980,11 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if ((specimens = PyList_New(0)) == NULL || (seen.urls = PyList_New(0)) == NULL) {
         goto done;
     }
-    PyObject **built = PyMem_Calloc((size_t)(kept ? kept : 1), sizeof(PyObject *));
-    if (built == NULL) {
+    PyObject **built = PyMem_Calloc((size_t)(kept ? kept : 1), sizeof(PyObject *)); /* entries */
+    PyObject **lines = PyMem_Calloc((size_t)(kept ? kept : 1), sizeof(PyObject *));  /* their lines, UTF-8 */
+    if (built == NULL || lines == NULL) {
+        PyMem_Free(built);
+        PyMem_Free(lines);
         PyErr_NoMemory();
         goto done;
     }
@@ -1006,8 +1022,8 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 break;
             }
         }
-        PyObject *spec_url = NULL, *url = NULL, *fragment = NULL, *line = NULL;
-        char u[36];
+        PyObject *spec_url = NULL;
+        char *u = lab->id;
         if (key_text(&sk, lab, 1) < 0 ||
             (spec_url = specimen(&seen, &sk, lab, args[8], args[5], args[6], specimens)) == NULL ||
             key_text(&sk, lab, 0) < 0 || make_id(args[7], sk.p, sk.n, u) < 0) {
@@ -1017,70 +1033,96 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             Py_ssize_t spec_n;
             const char *spec = PyUnicode_AsUTF8AndSize(spec_url, &spec_n);
             instance.n = 0;
-            if (spec == NULL || put(&instance, prefix, prefix_n) < 0 || put(&instance, sk.p, sk.n) < 0) {
+            text.n = 0;
+            if (spec == NULL || put(&instance, prefix, prefix_n) < 0 || put(&instance, sk.p, sk.n) < 0 ||
+                put(&text, lab->day, lab->day_n) < 0 || put(&text, " ", 1) < 0) {
                 failed = 1;
             }
             else {
                 const char *effective = lab->effective_n >= 0 ? lab->effective : lab->day;
                 Py_ssize_t effective_n = lab->effective_n >= 0 ? lab->effective_n : lab->day_n;
-                lab->day[lab->day_n] = ' ';
+                int ok;
                 if (number != NULL) {
                     const char *hole[6] = {instance.p, patient_url, effective, PyBytes_AS_STRING(number), spec, u};
                     Py_ssize_t hole_n[6] = {instance.n, url_n, effective_n, PyBytes_GET_SIZE(number), spec_n, 36};
                     static const int raw[6] = {0, 0, 0, 1, 0, 0};
-                    fragment = observation(PyTuple_GET_ITEM(parts, 0), hole, hole_n, raw);
-                    /* "day " + the tail before the value + the value as written + the tail after it */
+                    built[i] = observation(PyTuple_GET_ITEM(parts, 0), hole, hole_n, raw, u);
+                    /* the line: "day " + the tail before the value + the value as written + the tail after it */
                     PyObject *before = PyTuple_GET_ITEM(parts, 1), *after = PyTuple_GET_ITEM(parts, 2);
-                    text.n = 0;
-                    if (put(&text, lab->day, lab->day_n + 1) == 0 &&
-                        put(&text, PyBytes_AS_STRING(before), PyBytes_GET_SIZE(before)) == 0 &&
-                        put(&text, lab->f[VALUE].p, lab->f[VALUE].n) == 0 &&
-                        put(&text, PyBytes_AS_STRING(after), PyBytes_GET_SIZE(after)) == 0) {
-                        line = make_str(text.p, text.n);
-                    }
+                    ok = put(&text, PyBytes_AS_STRING(before), PyBytes_GET_SIZE(before)) == 0 &&
+                         put(&text, lab->f[VALUE].p, lab->f[VALUE].n) == 0 &&
+                         put(&text, PyBytes_AS_STRING(after), PyBytes_GET_SIZE(after)) == 0;
                 }
                 else {
                     const char *hole[5] = {instance.p, patient_url, effective, spec, u};
                     Py_ssize_t hole_n[5] = {instance.n, url_n, effective_n, spec_n, 36};
                     static const int raw[5] = {0, 0, 0, 0, 0};
-                    fragment = observation(PyTuple_GET_ITEM(parts, 0), hole, hole_n, raw);
-                    PyObject *day = PyUnicode_FromStringAndSize(lab->day, lab->day_n + 1); /* "day " */
-                    line = day ? PyUnicode_Concat(day, PyTuple_GET_ITEM(parts, 1)) : NULL;
-                    Py_XDECREF(day);
+                    built[i] = observation(PyTuple_GET_ITEM(parts, 0), hole, hole_n, raw, u);
+                    Py_ssize_t tail_n;
+                    const char *tail = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(parts, 1), &tail_n);
+                    ok = tail != NULL && put(&text, tail, tail_n) == 0;
                 }
-                url = make_url(u);
-                if (fragment && url && line) {
-                    built[i] = PyTuple_Pack(4, empty_tuple, url, fragment, line);
+                if (ok && built[i] != NULL) {
+                    lines[i] = PyBytes_FromStringAndSize(text.p, text.n);
                 }
-                failed = built[i] == NULL;
+                failed = lines[i] == NULL;
             }
         }
         Py_XDECREF(spec_url);
-        Py_XDECREF(url);
-        Py_XDECREF(fragment);
-        Py_XDECREF(line);
         Py_XDECREF(number);
         Py_DECREF(parts);
     }
-    if (plain && !failed) {
+    if (plain && !failed && kept == 0) {
+        result = PyTuple_Pack(3, others, Py_None, specimens);
+    }
+    else if (plain && !failed) {
+        /* the section's order; then its entries' references, its entries and its narrative (each line
+         * escaped as _escape does, joined as _xhtml joins them) */
         Lab **by_section = order + kept;
         memcpy(by_section, order, (size_t)kept * sizeof(Lab *));
         merge_sort(by_section, order, kept, cmp_in_section);
-        if ((section = PyList_New(kept)) != NULL) {
-            for (Py_ssize_t i = 0; i < kept; i++) {
-                Py_ssize_t at = by_section[i]->seq;
-                PyList_SET_ITEM(section, i, built[at]);
-                built[at] = NULL;
+        static const char ref[] = "{\"reference\":\"urn:uuid:";
+        Buf refs = {NULL, 0, 0}, inner = {NULL, 0, 0};
+        PyObject *entries = PyList_New(kept), *refs_bytes = NULL, *refs_fragment = NULL, *div = NULL;
+        int ok = entries != NULL && put(&refs, "[", 1) == 0;
+        for (Py_ssize_t i = 0; ok && i < kept; i++) {
+            Py_ssize_t at = by_section[i]->seq;
+            PyList_SET_ITEM(entries, i, built[at]);
+            built[at] = NULL;
+            ok = (i == 0 || (put(&refs, ",", 1) == 0 && put(&inner, "</li><li>", 9) == 0)) &&
+                 put(&refs, ref, (Py_ssize_t)sizeof(ref) - 1) == 0 && put(&refs, by_section[i]->id, 36) == 0 &&
+                 put(&refs, "\"}", 2) == 0;
+            const char *line = PyBytes_AS_STRING(lines[at]);
+            Py_ssize_t line_n = PyBytes_GET_SIZE(lines[at]), from = 0;
+            for (Py_ssize_t k = 0; ok && k <= line_n; k++) {
+                char c = k < line_n ? line[k] : '\0';
+                const char *esc = c == '&' ? "&amp;" : c == '<' ? "&lt;" : c == '>' ? "&gt;" : NULL;
+                if (esc != NULL || k == line_n) {
+                    ok = put(&inner, line + from, k - from) == 0 && (esc == NULL || put(&inner, esc, (Py_ssize_t)strlen(esc)) == 0);
+                    from = k + 1;
+                }
             }
+        }
+        if (ok && put(&refs, "]", 1) == 0 && (refs_bytes = PyBytes_FromStringAndSize(refs.p, refs.n)) != NULL &&
+            (refs_fragment = PyObject_CallOneArg(fragment_type, refs_bytes)) != NULL &&
+            (div = make_str(inner.p, inner.n)) != NULL && (section = PyTuple_Pack(3, refs_fragment, entries, div)) != NULL) {
             result = PyTuple_Pack(3, others, section, specimens);
         }
+        Py_XDECREF(entries);
+        Py_XDECREF(refs_bytes);
+        Py_XDECREF(refs_fragment);
+        Py_XDECREF(div);
+        PyMem_Free(refs.p);
+        PyMem_Free(inner.p);
     }
     else if (!failed) {
         result = Py_NewRef(Py_None);
     }
     for (Py_ssize_t i = 0; i < kept; i++) {
         Py_XDECREF(built[i]);
+        Py_XDECREF(lines[i]);
     }
+    PyMem_Free(lines);
     PyMem_Free(built);
     PyMem_Free(instance.p);
     PyMem_Free(text.p);

@@ -332,7 +332,12 @@ def _escape(text: str) -> str:
 def _xhtml(items: list[str], empty: str) -> str:
     if not items:
         return f'<div xmlns="{cs.XHTML_NS}"><p>{_escape(empty)}</p></div>'
-    return f'<div xmlns="{cs.XHTML_NS}"><ul><li>' + "</li><li>".join(map(_escape, items)) + "</li></ul></div>"
+    return _xhtml_joined("</li><li>".join(map(_escape, items)))
+
+
+def _xhtml_joined(lines: str) -> str:
+    """A section's narrative from its lines, escaped and joined by ``</li><li>``."""
+    return f'<div xmlns="{cs.XHTML_NS}"><ul><li>{lines}</li></ul></div>'
 
 
 def _text(*parts: str) -> str:
@@ -1271,9 +1276,12 @@ def _number_json(text: str) -> bytes | None:
     return None if number is None else orjson.dumps(number, default=_default)
 
 
-#: The lab results of a bundle, done in C: (other encodings, results section items, specimen entries) for
+#: The results section made in C: its entries' references (a JSON list), its entries, its narrative's lines
+#: escaped and joined.
+_FastSection = tuple[orjson.Fragment, list[orjson.Fragment], str]
+#: The lab results of a bundle, done in C: (other encodings, results section or None, specimen entries) for
 #: the plain case, else None (restore/fhir/_fastlabs.c).
-FastResults = Callable[..., "tuple[list[bytes], list[_Item], list[tuple[str, Json]]] | None"]
+FastResults = Callable[..., "tuple[list[bytes], _FastSection | None, list[tuple[str, Json]]] | None"]
 
 
 def _load_fast_results() -> FastResults | None:
@@ -1483,11 +1491,12 @@ def _bundle(
     generated_at: datetime,
     shared: dict[tuple[Any, ...], Any] | None = None,
     fragments: bool = False,
-    results: tuple[list[_Item], list[tuple[str, Json]]] | None = None,
+    results: tuple[_FastSection | None, list[tuple[str, Json]]] | None = None,
 ) -> Json:
     """The bundle of ``records``: decoded encodings (``{"kind": …, "v": 1, "r": {…}}``).  ``results``:
-    the lab results' section items (in order) and specimens, made already (:data:`fast_results`; then
-    ``records`` holds no lab result, else :class:`_NotPlain`)."""
+    the lab results' section (references, entries and narrative lines, or None when there is none) and
+    specimens, made already (:data:`fast_results`; then ``records`` holds no lab result, else
+    :class:`_NotPlain`)."""
     if generated_at.tzinfo is None or generated_at.utcoffset() is None:
         raise ValueError("generated_at must be timezone-aware")
     pid = patient.key.patient_id
@@ -1528,19 +1537,24 @@ def _bundle(
     timestamp = generated_at.isoformat(timespec="seconds")
     composition_id = b.uid("Composition", pid)
     sections: list[Json] = []
-    entries: list[Json] = []
+    entries: list[Json | orjson.Fragment] = []
     for name, (code, display), title, empty in _SECTIONS:
         # newest first (active problems before resolved ones), then by record key, descending
-        if name == "results" and results is not None:
-            items = results[0]
-        else:
-            items = sorted(b.sections.get(name, ()), key=_sort_key, reverse=True)
-        if not items and name == "results":
-            continue
         section: Json = {
             "title": title,
             "code": {"coding": [{"system": cs.LOINC, "code": code, "display": display}]},
         }
+        if name == "results" and results is not None:  # made in C: references, entries, narrative
+            if results[0] is not None:
+                refs, lab_entries, lines = results[0]
+                section["text"] = {"status": "generated", "div": _xhtml_joined(lines)}
+                section["entry"] = refs
+                entries.extend(lab_entries)
+                sections.append(section)
+            continue
+        items = sorted(b.sections.get(name, ()), key=_sort_key, reverse=True)
+        if not items and name == "results":
+            continue
         if items:
             section["text"] = {"status": "generated", "div": _xhtml([i[3] for i in items], empty)}
             section["entry"] = [{"reference": i[1]} for i in items]

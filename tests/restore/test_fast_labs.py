@@ -150,6 +150,7 @@ _CODES = st.sampled_from(
         Coding("3A016000002327101", "アルブミン", "JC10"),
         Coding("", "自由記載の検査", "JC10"),
         Coding("3A016000002327101", "", "99XYZ"),
+        Coding("3A999000002327101", "A&G<比>", "99XYZ"),
         Coding("", "", ""),
     ]
 )
@@ -254,13 +255,17 @@ def test_a_plain_history_is_answered_in_order(monkeypatch: pytest.MonkeyPatch) -
     assert done is not None
     others, section, specimens = done
     assert others == [cond]
-    assert [orjson.loads(orjson.dumps(item[2]))["effectiveDateTime"][:10] for item in section] == [
-        "2025-04-07",
-        "2025-04-06",
-        "2025-04-05",
-    ]
-    assert [item[3].split()[0] for item in section] == ["2025-04-07", "2025-04-06", "2025-04-05"]
+    refs, entries, lines = section
+    resources = [orjson.loads(orjson.dumps(entry)) for entry in entries]
+    days = ["2025-04-07", "2025-04-06", "2025-04-05"]
+    assert [e["resource"]["effectiveDateTime"][:10] for e in resources] == days
+    assert orjson.loads(orjson.dumps(refs)) == [{"reference": e["fullUrl"]} for e in resources]
+    assert [e["fullUrl"] for e in resources] == [f"urn:uuid:{e['resource']['id']}" for e in resources]
+    assert [line.split()[0] for line in lines.split("</li><li>")] == days
+    assert "&lt;" not in lines and "73-109" in lines
     assert len(specimens) == 3 and all(res["resourceType"] == "Specimen" for _, res in specimens)
+    # nothing in the window: no section
+    assert _fast([cond, encode(_glucose("2024-01-01"))]) == ([cond], None, [])
     fast, slow = _both(list(labs), ExportWindow(), monkeypatch)
     assert fast == slow
 
