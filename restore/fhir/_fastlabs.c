@@ -585,11 +585,52 @@ make_str(const char *s, Py_ssize_t n)
     return PyUnicode_DecodeUTF8(s, n, "strict");
 }
 
+/* Whether ``t`` is a tuple of ``pieces`` bytes followed by ``texts`` objects of ``text_type``. */
+static int
+parts_shape(PyObject *t, Py_ssize_t pieces, Py_ssize_t texts, PyTypeObject *text_type)
+{
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 1 + texts || !PyTuple_Check(PyTuple_GET_ITEM(t, 0)) ||
+        PyTuple_GET_SIZE(PyTuple_GET_ITEM(t, 0)) != pieces) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < pieces; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(PyTuple_GET_ITEM(t, 0), i))) {
+            return 0;
+        }
+    }
+    for (Py_ssize_t i = 1; i <= texts; i++) {
+        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(t, i), text_type)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* What a maker may answer, besides None. */
+static int
+lab_parts_shape(PyObject *t)
+{
+    return parts_shape(t, 6, 1, &PyUnicode_Type); /* ((6 pieces), tail) */
+}
+
+static int
+number_parts_shape(PyObject *t)
+{
+    return parts_shape(t, 7, 2, &PyBytes_Type); /* ((7 pieces, the number 4th), before, after) */
+}
+
+static int
+number_shape(PyObject *t)
+{
+    return PyBytes_Check(t);
+}
+
 /* ``maker`` of the given fields, remembered in ``cache`` under ``key`` (a new reference, taken), the table
- * starting again when it holds ``max`` answers: the answer, Py_None or NULL (an error). */
+ * starting again when it holds ``max`` answers: the answer, Py_None or NULL (an error; also when the
+ * maker answers something ``valid`` refuses, which ``what`` describes). */
 static PyObject *
 cached_call(PyObject *cache, Py_ssize_t max, PyObject *key, PyObject *maker, const Lab *lab, const int *fields,
-            int n_fields)
+            int n_fields, int (*valid)(PyObject *), const char *what)
 {
     if (key == NULL) {
         return NULL;
@@ -612,6 +653,10 @@ cached_call(PyObject *cache, Py_ssize_t max, PyObject *key, PyObject *maker, con
     while (made > 0) {
         Py_DECREF(args[--made]);
     }
+    if (answer != NULL && answer != Py_None && !valid(answer)) {
+        Py_CLEAR(answer);
+        PyErr_Format(PyExc_TypeError, "expected %s or None", what);
+    }
     if (answer != NULL) {
         if (PyDict_GET_SIZE(cache) >= max) {
             PyDict_Clear(cache);
@@ -624,39 +669,14 @@ cached_call(PyObject *cache, Py_ssize_t max, PyObject *key, PyObject *maker, con
     return answer;
 }
 
-/* Whether ``t`` is a tuple of ``pieces`` bytes followed by ``texts`` objects of ``text_type``. */
-static int
-parts_shape(PyObject *t, Py_ssize_t pieces, Py_ssize_t texts, PyTypeObject *text_type)
-{
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 1 + texts || !PyTuple_Check(PyTuple_GET_ITEM(t, 0)) ||
-        PyTuple_GET_SIZE(PyTuple_GET_ITEM(t, 0)) != pieces) {
-        return 0;
-    }
-    for (Py_ssize_t i = 0; i < pieces; i++) {
-        if (!PyBytes_Check(PyTuple_GET_ITEM(PyTuple_GET_ITEM(t, 0), i))) {
-            return 0;
-        }
-    }
-    for (Py_ssize_t i = 1; i <= texts; i++) {
-        if (!PyObject_TypeCheck(PyTuple_GET_ITEM(t, i), text_type)) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* parts_maker's answer for this result: ((6 pieces), tail), Py_None (no template: not plain) or NULL. */
 static PyObject *
 parts_of(const Lab *lab)
 {
     static const int fields[9] = {SYSTEM, CODE, DISPLAY, STATUS, VTYPE, VALUE, UNIT, FLAG, RANGE};
     PyObject *key = PyBytes_FromStringAndSize(lab->parts, lab->parts_n);
-    PyObject *parts = cached_call(parts_cache, PARTS_CACHE_MAX, key, parts_maker, lab, fields, 9);
-    if (parts != NULL && parts != Py_None && !parts_shape(parts, 6, 1, &PyUnicode_Type)) {
-        Py_CLEAR(parts);
-        PyErr_SetString(PyExc_TypeError, "lab parts: ((6 pieces as bytes), tail) or None");
-    }
-    return parts;
+    return cached_call(parts_cache, PARTS_CACHE_MAX, key, parts_maker, lab, fields, 9, lab_parts_shape,
+                       "lab parts: ((6 pieces as bytes), tail)");
 }
 
 /* The JSON of the result's value when it is a number (bytes), Py_None when it is not, or NULL. */
@@ -665,12 +685,8 @@ number_of(const Lab *lab)
 {
     static const int fields[1] = {VALUE};
     PyObject *key = PyBytes_FromStringAndSize(lab->f[VALUE].p, lab->f[VALUE].n);
-    PyObject *number = cached_call(numbers, NUMBERS_MAX, key, number_maker, lab, fields, 1);
-    if (number != NULL && number != Py_None && !PyBytes_Check(number)) {
-        Py_CLEAR(number);
-        PyErr_SetString(PyExc_TypeError, "a number's JSON: bytes or None");
-    }
-    return number;
+    return cached_call(numbers, NUMBERS_MAX, key, number_maker, lab, fields, 1, number_shape,
+                       "a number's JSON as bytes");
 }
 
 /* number_parts_maker's answer for this result (whose value is a number), keyed by all it is made of:
@@ -688,12 +704,8 @@ number_parts_of(const Lab *lab)
         memcpy(k + 1, lab->parts, (size_t)before);
         memcpy(k + 1 + before, lab->f[VALUE].p + lab->f[VALUE].n, (size_t)after);
     }
-    PyObject *parts = cached_call(parts_cache, PARTS_CACHE_MAX, key, number_parts_maker, lab, fields, 8);
-    if (parts != NULL && parts != Py_None && !parts_shape(parts, 7, 2, &PyBytes_Type)) {
-        Py_CLEAR(parts);
-        PyErr_SetString(PyExc_TypeError, "lab number parts: ((7 pieces as bytes), before, after) or None");
-    }
-    return parts;
+    return cached_call(parts_cache, PARTS_CACHE_MAX, key, number_parts_maker, lab, fields, 8, number_parts_shape,
+                       "lab number parts: ((7 pieces as bytes), before, after)");
 }
 
 /* The Observation: the template's pieces with the values of its holes between them (JSON strings, quoted

@@ -385,3 +385,36 @@ def test_the_parts_table_refills_when_full(monkeypatch: pytest.MonkeyPatch) -> N
 def test_pure_python_mode_has_no_compiled_section(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HAKOBUNE_PURE_PYTHON", "1")
     assert bundle_module._load_fast_results() is None
+
+
+@needs_fast
+def test_callbacks_answering_the_wrong_shape_are_errors_not_bundles() -> None:
+    import restore.fhir._fastlabs as fastlabs
+
+    prefix = b'{"kind":"lab","v":1,"r":{"key":{"patient_id":'
+    good = (
+        bundle_module._fast_lab_parts,
+        bundle_module._fast_lab_number_parts,
+        bundle_module._number_json,
+        bundle_module._specimen_resource,
+        orjson.Fragment,
+    )
+    wrong = [
+        (2, lambda text: "7.0", "a number's JSON as bytes"),
+        (1, lambda *key: ((b"",) * 6, b"", b""), "lab number parts"),
+        (0, lambda *key: ((b"",) * 5, "tail"), "lab parts"),
+    ]
+    lab = encode(_glucose("2025-04-02", value="7.0"))
+    text = encode(_glucose("2025-04-02", value="陰性"))
+    try:
+        for at, maker, message in wrong:
+            callbacks = list(good)
+            callbacks[at] = maker
+            fastlabs.register(prefix, *callbacks)
+            with pytest.raises(TypeError, match=message):
+                _fast([text if at == 0 else lab])
+        with pytest.raises(TypeError, match="register"):
+            fastlabs.register(prefix, *good[:4])  # type: ignore[call-arg]
+    finally:
+        assert bundle_module._load_fast_results() is not None
+    assert _fast([lab]) is not None
