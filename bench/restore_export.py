@@ -17,7 +17,9 @@ in memory, three runs one after the other:
 Each with its peak RSS (this process and its workers) and the load average, since the machine may be
 shared.  ``--as-of`` is the summary's date: by default today, as the command does; the synthetic data ends
 on its own last day, so today leaves only problems and allergies in most bundles, ``--as-of data`` (the
-data's last day) gives full summaries (about four times the work per bundle).
+data's last day) gives full summaries (about four times the work per bundle).  What the runs write (the
+bundles, ~16 GB for 100k patients) is removed at the end unless ``--keep``; the replayed database stays,
+for bench/media_write.py.
 
 The release key of this bench lives in the cache as a plain key file: a bench is not a deployment.
 Targets (issue 4): whole 100k-patient export < 2 min; first bundle within 1 s of unlock.
@@ -116,6 +118,11 @@ def main() -> None:
         default="ndjson",
         help="what step 2 writes: one NDJSON file, one file per patient, or each in turn",
     )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep what the runs wrote (~16 GB of bundles for 100k patients), not only the replayed database",
+    )
     args = ap.parse_args()
     store, world = prepare(args.patients)
 
@@ -191,6 +198,13 @@ def main() -> None:
         f"{s.bundles / (s.last_bundle_seconds or 1):,.0f} bundles/s, {mb(s.bytes)} written; "
         f"peak RSS {mb(rss.peak_total)}; {_load()}"
     )
+    if not args.keep:  # the bundles written (twice the hospital's size) would fill the disk over runs
+        for written in ("fhir", "fhir-export", "fhir.ndjson", "streaming"):
+            path = out / written
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
