@@ -192,8 +192,10 @@ read_patient(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (!PyUnicode_FSConverter(args[0], &path)) {
         return NULL;
     }
-    PyObject *out = NULL, *result = NULL;
+    /* what is open or held at any point; released at the end whichever way it ends */
+    PyObject *out = NULL, *result = NULL, *date = NULL, *dtype = NULL;
     Names dates = {0}, types = {0}, files = {0};
+    int dfd = -1, tfd = -1;
     int pfd = open(PyBytes_AS_STRING(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (pfd < 0 || list_folder(dup(pfd), DT_DIR, &dates) < 0) {
         goto plain_case_fails;
@@ -202,66 +204,45 @@ read_patient(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     }
     for (size_t i = 0; i < dates.n; i++) {
-        int dfd = open_folder(pfd, dates.names[i]);
+        dfd = open_folder(pfd, dates.names[i]);
         if (dfd < 0 || list_folder(dup(dfd), DT_DIR, &types) < 0) {
-            if (dfd >= 0) {
-                close(dfd);
-            }
             goto plain_case_fails;
         }
-        PyObject *date = PyUnicode_DecodeASCII(dates.names[i], (Py_ssize_t)strlen(dates.names[i]), NULL);
-        for (size_t j = 0; date != NULL && j < types.n; j++) {
-            PyObject *dtype = PyUnicode_DecodeASCII(types.names[j], (Py_ssize_t)strlen(types.names[j]), NULL);
-            int tfd = dtype == NULL ? -1 : open_folder(dfd, types.names[j]);
-            int wanted = dtype == NULL ? -1 : PySet_Contains(in_scope, dtype);
-            if (dtype == NULL || wanted < 0) {
-                Py_XDECREF(dtype);
-                Py_CLEAR(date);
-                if (tfd >= 0) {
-                    close(tfd);
-                }
-                break;
+        if ((date = PyUnicode_DecodeASCII(dates.names[i], (Py_ssize_t)strlen(dates.names[i]), NULL)) == NULL) {
+            goto error;
+        }
+        for (size_t j = 0; j < types.n; j++) {
+            int wanted;
+            if ((dtype = PyUnicode_DecodeASCII(types.names[j], (Py_ssize_t)strlen(types.names[j]), NULL)) == NULL ||
+                (wanted = PySet_Contains(in_scope, dtype)) < 0) {
+                goto error;
             }
+            tfd = open_folder(dfd, types.names[j]);
             if (tfd < 0 || list_folder(dup(tfd), DT_REG, &files) < 0) {
-                if (tfd >= 0) {
-                    close(tfd);
-                }
-                Py_DECREF(dtype);
-                Py_DECREF(date);
-                close(dfd);
                 goto plain_case_fails;
             }
             for (size_t k = 0; k < files.n; k++) {
                 long long size = 0, mtime = 0;
                 PyObject *data = read_file(tfd, files.names[k], wanted, max, &size, &mtime);
                 if (data == NULL) {
-                    close(tfd);
-                    Py_DECREF(dtype);
-                    Py_DECREF(date);
-                    close(dfd);
                     goto plain_case_fails;
                 }
                 PyObject *entry = Py_BuildValue("(OOsNLL)", date, dtype, files.names[k], data, size, mtime);
-                if (entry == NULL || PyList_Append(out, entry) < 0) {
-                    Py_XDECREF(entry);
-                    close(tfd);
-                    Py_DECREF(dtype);
-                    Py_DECREF(date);
-                    close(dfd);
+                int appended = entry != NULL && PyList_Append(out, entry) == 0;
+                Py_XDECREF(entry);
+                if (!appended) {
                     goto error;
                 }
-                Py_DECREF(entry);
             }
             names_free(&files);
             close(tfd);
-            Py_DECREF(dtype);
+            tfd = -1;
+            Py_CLEAR(dtype);
         }
         names_free(&types);
         close(dfd);
-        if (date == NULL) {
-            goto error;
-        }
-        Py_DECREF(date);
+        dfd = -1;
+        Py_CLEAR(date);
     }
     result = Py_NewRef(out);
     goto done;
@@ -272,9 +253,17 @@ error:
     result = NULL;
 done:
     Py_XDECREF(out);
+    Py_XDECREF(date);
+    Py_XDECREF(dtype);
     names_free(&dates);
     names_free(&types);
     names_free(&files);
+    if (tfd >= 0) {
+        close(tfd);
+    }
+    if (dfd >= 0) {
+        close(dfd);
+    }
     if (pfd >= 0) {
         close(pfd);
     }
