@@ -9,11 +9,11 @@ guess at the real encoding.  :func:`encode_message` is the inverse, used by the 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from functools import lru_cache
 
+from hakobune.compiled import compiled
 from hakobune.errors import UnreadableMessage
 
 ESC = 0x1B
@@ -93,14 +93,16 @@ class _FastPath:
 
     def load(self) -> None:
         self.tried = True
-        if os.environ.get("HAKOBUNE_PURE_PYTHON"):
-            return
-        try:
-            from hakobune import _jisdecode
-        except ImportError:
-            return
-        _jisdecode.set_jis0208(jis0208_table())
-        self.decode, self.split = _jisdecode.decode, _jisdecode.split
+        found = compiled(_load_jisdecode)
+        if found is not None:
+            self.decode, self.split = found
+
+
+def _load_jisdecode() -> tuple[Callable[[bytes], str | None], Callable[[bytes, int], list[list[str]] | None]]:
+    from hakobune import _jisdecode
+
+    _jisdecode.set_jis0208(jis0208_table())
+    return _jisdecode.decode, _jisdecode.split
 
 
 _fast_path = _FastPath()

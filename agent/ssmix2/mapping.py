@@ -9,12 +9,12 @@ table id (``HOT9``, ``JC10``, ``MDCDX2`` …); :mod:`hakobune.codes` maps those 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import fields
 
 from agent.ssmix2.layout import SsmixName
 from agent.ssmix2.message import Message
+from hakobune.compiled import compiled
 from hakobune.hl7 import to_iso, unescape
 from hakobune.records import (
     Allergy,
@@ -443,20 +443,19 @@ def _load_fast_mappers() -> tuple[FastMapper | None, FastMapper | None, FastMapp
     """The compiled mappers of lab results, prescription orders and administrations
     (agent/ssmix2/_fastmap.c), given the record classes; None without them (or with
     ``HAKOBUNE_PURE_PYTHON=1``)."""
-    if os.environ.get("HAKOBUNE_PURE_PYTHON"):
-        return None, None, None
-    try:
-        from agent.ssmix2 import _fastmap
-    except ImportError:
-        return None, None, None
 
     def names(cls: type) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
-    _fastmap.register(
-        RecordKey, names(RecordKey), LabResult, names(LabResult), Prescription, names(Prescription)
-    )
-    return _fastmap.map_lab, _fastmap.map_rx_order, _fastmap.map_rx_given
+    def load() -> tuple[FastMapper, FastMapper, FastMapper]:
+        from agent.ssmix2 import _fastmap
+
+        _fastmap.register(
+            RecordKey, names(RecordKey), LabResult, names(LabResult), Prescription, names(Prescription)
+        )
+        return _fastmap.map_lab, _fastmap.map_rx_order, _fastmap.map_rx_given
+
+    return compiled(load) or (None, None, None)
 
 
 #: The compiled forms of :func:`_map_oul`, :func:`_map_rde_oral` and :func:`_map_ras_oral` (same records;

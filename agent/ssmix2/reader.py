@@ -28,6 +28,7 @@ from agent.ssmix2.layout import (
 )
 from agent.ssmix2.mapping import MissingSegment, to_records
 from agent.ssmix2.message import parse
+from hakobune.compiled import compiled
 from hakobune.errors import UnreadableMessage
 from hakobune.parallel import cycle_collection_paused, ordered_map
 from hakobune.records import Record
@@ -144,14 +145,16 @@ def _fetch_patient_fast(root: str, patient_rel: str) -> list[Fetched] | None:
 WalkEntry = tuple[str, str, str, bytes | None, int, int]
 
 
-def _load_fast_walk() -> Callable[[str, frozenset[str], int], list[WalkEntry] | None] | None:
-    if os.environ.get("HAKOBUNE_PURE_PYTHON"):
-        return None
-    try:
+FastWalk = Callable[[str, frozenset[str], int], list[WalkEntry] | None]
+
+
+def _load_fast_walk() -> FastWalk | None:
+    def load() -> FastWalk:
         from agent.ssmix2._fastwalk import read_patient
-    except ImportError:
-        return None
-    return read_patient
+
+        return read_patient
+
+    return compiled(load)
 
 
 #: The compiled walk of one patient folder, or None (without a C compiler, or HAKOBUNE_PURE_PYTHON=1).

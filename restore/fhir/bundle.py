@@ -25,7 +25,6 @@ very text, else a :class:`~decimal.Decimal` that :func:`dumps` writes digit for 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import uuid
 from calendar import monthrange
@@ -40,6 +39,7 @@ from urllib.parse import quote
 
 import orjson
 
+from hakobune.compiled import compiled
 from hakobune.records import FORMAT_VERSION, Patient, Record, encode
 from restore.fhir import codesystems as cs
 
@@ -1286,18 +1286,18 @@ FastResults = Callable[..., "tuple[list[bytes], _FastSection | None, list[tuple[
 
 def _load_fast_results() -> FastResults | None:
     """The compiled lab section, or None without it (or with ``HAKOBUNE_PURE_PYTHON=1``)."""
-    if os.environ.get("HAKOBUNE_PURE_PYTHON"):
-        return None
-    try:
+
+    def load() -> FastResults:
         import restore.fhir._fastlabs as _fastlabs
-    except ImportError:
-        return None
-    prefix = b'{"kind":"lab","v":%d,"r":{"key":{"patient_id":' % FORMAT_VERSION
-    _fastlabs.register(
-        prefix, _fast_lab_parts, _fast_lab_number_parts, _number_json, _specimen_resource, orjson.Fragment
-    )
-    results: FastResults = _fastlabs.results
-    return results
+
+        prefix = b'{"kind":"lab","v":%d,"r":{"key":{"patient_id":' % FORMAT_VERSION
+        _fastlabs.register(
+            prefix, _fast_lab_parts, _fast_lab_number_parts, _number_json, _specimen_resource, orjson.Fragment
+        )
+        results: FastResults = _fastlabs.results
+        return results
+
+    return compiled(load)
 
 
 fast_results = _load_fast_results()
