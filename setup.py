@@ -7,31 +7,22 @@ pure-Python code (the reference) is used, slower but with the same results."""
 
 from setuptools import Extension, setup
 
+
+def _optional(module: str) -> Extension:
+    """The extension ``module`` from its one C file, optional, warnings as errors."""
+    return Extension(
+        module,
+        [module.replace(".", "/") + ".c"],
+        optional=True,
+        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
+    )
+
+
 setup(
     ext_modules=[
-        Extension(
-            "hakobune._jisdecode",
-            ["hakobune/_jisdecode.c"],
-            optional=True,
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
-        ),
-        Extension(
-            "agent.ssmix2._fastmap",
-            ["agent/ssmix2/_fastmap.c"],
-            optional=True,
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
-        ),
-        Extension(
-            "agent.ssmix2._fastwalk",
-            ["agent/ssmix2/_fastwalk.c"],
-            optional=True,
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
-        ),
-        Extension(
-            "restore.fhir._fastlabs",
-            ["restore/fhir/_fastlabs.c"],
-            optional=True,
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"],
-        ),
+        _optional("hakobune._jisdecode"),
+        _optional("agent.ssmix2._fastmap"),
+        _optional("agent.ssmix2._fastwalk"),
+        _optional("restore.fhir._fastlabs"),
     ]
 )
