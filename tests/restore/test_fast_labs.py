@@ -290,6 +290,19 @@ def test_equal_keys_keep_the_order_their_tests_first_appear_in(
 
 
 # -- not plain: the Python path, the same bytes or the same error -----------------------------------------
+def _outcomes(encoded: list[bytes], monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """What the export makes of ``encoded`` with the compiled section and without it: the bundle, or the
+    error it raises."""
+    outcomes: list[object] = []
+    for fast in (bundle_module.fast_results, None):
+        monkeypatch.setattr(bundle_module, "fast_results", fast)
+        try:
+            outcomes.append(serialized_bundle(PATIENT, encoded, **ARGS))
+        except (ValueError, KeyError) as e:
+            outcomes.append(f"{type(e).__name__}: {e}")
+    return outcomes
+
+
 def _not_plain_cases() -> dict[str, list[bytes]]:
     plain = encode(_glucose("2025-04-01"))
     other_patient = encode(_glucose("2025-04-02")).replace(PID.encode(), b"0000000099")
@@ -317,13 +330,7 @@ def test_what_is_not_plain_goes_the_python_way(case: str, monkeypatch: pytest.Mo
         assert _fast(encoded) is not None
     else:
         assert _fast(encoded) is None
-    outcomes = []
-    for fast in (bundle_module.fast_results, None):
-        monkeypatch.setattr(bundle_module, "fast_results", fast)
-        try:
-            outcomes.append(serialized_bundle(PATIENT, encoded, **ARGS))
-        except (ValueError, KeyError) as e:
-            outcomes.append(f"{type(e).__name__}: {e}")
+    outcomes = _outcomes(encoded, monkeypatch)
     assert outcomes[0] == outcomes[1]
     if case == "another patient's result":
         assert outcomes[0] == "ValueError: a record of another patient was passed to patient_bundle"
@@ -347,13 +354,7 @@ def test_damaged_encodings_step_aside_and_fail_as_before(
     lab = _glucose("2025-04-02", battery=Coding("E002", "生化学的検査", "99O03"))
     encoded = [damage(encode(lab))]
     assert _fast(encoded) is None
-    outcomes = []
-    for fast in (bundle_module.fast_results, None):
-        monkeypatch.setattr(bundle_module, "fast_results", fast)
-        try:
-            outcomes.append(serialized_bundle(PATIENT, encoded, **ARGS)[0])
-        except ValueError as e:
-            outcomes.append(type(e))
+    outcomes = _outcomes(encoded, monkeypatch)
     assert outcomes[0] == outcomes[1]
 
 
