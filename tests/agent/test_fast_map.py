@@ -60,6 +60,11 @@ def _padded(sid: str, fields: list[str]) -> list[str]:
     return seg + [""] * (PAD - len(seg))
 
 
+def _head() -> list[list[str]]:
+    """A message's MSH and PID, as the reader pads them."""
+    return [_padded("MSH", ["|", "^~\\&"]), _padded("PID", ["1", "", "1234567"])]
+
+
 # Field text the lab mapper must treat with care: components, escapes, empties, kanji, long values.
 _TEXT = st.text(alphabet="A1^~&\\FSTREX.br京齋 ", max_size=10)
 _VTYPE = st.sampled_from(["NM", "ST", "CWE", "CE", "CNE", "TX", ""])
@@ -94,7 +99,7 @@ _OTHER = st.one_of(
 @given(st.lists(st.one_of(_obx(), _OTHER), max_size=12))
 @example([_padded("OBX", ["1", "CWE", "", "", "a^^b"])])  # no code: a warning, numbering goes on
 def test_the_compiled_lab_mapper_gives_the_python_mappers_records(body: list[list[str]]) -> None:
-    segments = [_padded("MSH", ["|", "^~\\&"]), _padded("PID", ["1", "", "1234567"]), *body]
+    segments = [*_head(), *body]
     (fast, fast_w), (slow, slow_w) = _both(segments)
     assert fast == slow
     assert [type(r) for r in fast] == [type(r) for r in slow]
@@ -215,7 +220,7 @@ def _rx_group(draw: st.DrawFn) -> list[list[str]]:
 def test_the_compiled_order_mapper_gives_the_python_mappers_records(
     groups: list[list[list[str]]], lead: bool
 ) -> None:
-    head = [_padded("MSH", ["|", "^~\\&"]), _padded("PID", ["1", "", "1234567"])]
+    head = _head()
     if lead:  # an RXE before any ORC belongs to no group
         head.append(_padded("RXE", ["", "620000001^Drug^HOT9"]))
     fast, slow = _rx_both(head + [seg for g in groups for seg in g])
@@ -272,7 +277,7 @@ def _given_group(draw: st.DrawFn) -> list[list[str]]:
 def test_the_compiled_administration_mapper_gives_the_python_mappers_records(
     groups: list[list[list[str]]], lead: bool
 ) -> None:
-    head = [_padded("MSH", ["|", "^~\\&"]), _padded("PID", ["1", "", "1234567"])]
+    head = _head()
     if lead:  # an RXA before any ORC belongs to no group
         head.append(_padded("RXA", ["", "", "", "", "620000001^Drug^HOT9"]))
     segments = head + [seg for g in groups for seg in g]
