@@ -64,5 +64,13 @@ class PeakRSS:
         self._thread.join()
 
 
+def remove(path: Path) -> None:
+    """Remove a folder with what it holds, or a file; nothing when neither is there."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import CACHE, PeakRSS, mb
+from _common import CACHE, PeakRSS, mb, remove
 
 from hakobune.keys import RecipientPrivateKey, load_recipient_private, write_key
 from research.database import INGEST_MEMORY_LIMIT
@@ -71,11 +71,7 @@ def prepare(patients: int) -> Path:
         return world
     ssmix2 = hospital_tree(patients)
     for stale in ("agent", "center", "analysis.key"):
-        target = world / stale
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
+        remove(world / stale)
     world.mkdir(parents=True, exist_ok=True)
     release = RecipientPrivateKey.generate()
     analysis = RecipientPrivateKey.generate()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import CACHE, PeakRSS, mb
+from _common import CACHE, PeakRSS, mb, remove
 
 from hakobune.keys import RecipientPrivateKey, load_recipient_private, load_signing_key, write_key
 
@@ -200,11 +200,7 @@ def main() -> None:
     )
     if not args.keep:  # the bundles written (twice the hospital's size) would fill the disk over runs
         for written in ("fhir", "fhir-export", "fhir.ndjson", "streaming"):
-            path = out / written
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            remove(out / written)
 
 
 if __name__ == "__main__":
