@@ -1239,8 +1239,9 @@ class _Template:
 
 def _fast_lab_parts(*key: str) -> tuple[tuple[bytes, ...], str] | None:
     """What the compiled lab section (:data:`fast_results`) takes from :func:`_shared_lab_parts`: the
-    template's pieces and the narrative tail, or None when there is no template."""
-    parts, template = _parts(_SHARED, key, _shared_lab_parts)
+    template's pieces and the narrative tail, or None when there is no template (the section remembers
+    the answer: it is not kept in :data:`_SHARED` as well)."""
+    parts, template = _shared_lab_parts(*key)
     return None if template is None else (tuple(template.pieces), parts[-1])
 
 
