@@ -54,7 +54,7 @@ from restore.search.normalize import (
 
 SCHEMA_VERSION = 1
 #: Bump when a normalization or key rule changes: stored keys are then re-derived on open.
-RULES_VERSION = 1
+RULES_VERSION = 2
 BATCH = 5000
 #: Most rows one broad key (a family name alone, a birth date alone) may bring in.
 BROAD_LIMIT = 2000
