@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from datetime import date, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import orjson
+
+from restore.fhir.bundle import LabEntry
 
 Json = dict[str, Any]
 
@@ -340,29 +344,70 @@ def _flag(obs: Json) -> str:
     return ""
 
 
+#: A lab result as the summary shows it: test key (JLAC10 code, else its name), name, value, unit, day, flag
+#: and reference range.
+LabRow = tuple[str, str, str, str, str, str, str]
+
+
+def _lab_row(obs: Json) -> LabRow:
+    code = obs.get("code")
+    name = _concept_text(code) or "（項目不明）"
+    key = _code_in(code, ("urn:oid:1.2.392.200119.4.504",)) or name
+    quantity = _dict(obs.get("valueQuantity"))
+    if quantity:
+        value = _s(quantity.get("comparator")) + _s(quantity.get("value"))
+        unit = _s(quantity.get("unit"))
+    else:
+        value, unit = _s(obs.get("valueString")) or _concept_text(obs.get("valueCodeableConcept")), ""
+    day = _day(obs.get("effectiveDateTime")) or _day(_dict(obs.get("effectivePeriod")).get("start"))
+    return key, name, value, unit, day, _flag(obs), _range(obs)
+
+
 def _labs(observations: list[Json]) -> list[Json]:
+    return _grouped_labs(map(_lab_row, observations))
+
+
+def _fast_labs(entries: list[LabEntry]) -> list[Json]:
+    """:func:`_labs` of the Observations the export's compiled lab section made (restore.fhir.bundle's
+    :data:`~restore.fhir.bundle.LabEntry`): what a template's Observations share is read once from its
+    Observation (kept in the shape's ``derived`` slot); the day and a number are each Observation's own."""
+    rows: list[LabRow] = []
+    for shape, number, effective in entries:
+        row = shape.derived
+        if row is None:
+            row = shape.derived = _lab_row(shape.observation)
+        key, name, value, unit, _, flag, range_text = row
+        if number is not None:  # (the template's value is a hole: no comparator, the number as written)
+            value = _number_text(number)
+        rows.append((key, name, value, unit, _day(effective), flag, range_text))
+    return _grouped_labs(rows)
+
+
+@lru_cache(maxsize=4096)
+def _number_text(number: bytes) -> str:
+    """A number's JSON as :func:`_s` shows it once :func:`parse_bundle` has read it."""
+    return _s(_read_number(number))
+
+
+def _read_number(data: bytes) -> Any:
+    """A JSON value read as :func:`parse_bundle` reads it (numbers kept as written)."""
+    value = orjson.loads(data)
+    return value if orjson.dumps(value) == data else json.loads(data, parse_float=Decimal)
+
+
+def _grouped_labs(rows: Iterable[LabRow]) -> list[Json]:
     """Results grouped per test, newest first within a test; tests with the newest results first, and
     within a day in the report's order (the section lists a day's results last item first)."""
     groups: dict[str, Json] = {}
     order: dict[str, tuple[str, int]] = {}
-    for n, obs in enumerate(observations):
-        code = obs.get("code")
-        name = _concept_text(code) or "（項目不明）"
-        key = _code_in(code, ("urn:oid:1.2.392.200119.4.504",)) or name
-        quantity = _dict(obs.get("valueQuantity"))
-        if quantity:
-            value = _s(quantity.get("comparator")) + _s(quantity.get("value"))
-            unit = _s(quantity.get("unit"))
-        else:
-            value, unit = _s(obs.get("valueString")) or _concept_text(obs.get("valueCodeableConcept")), ""
-        day = _day(obs.get("effectiveDateTime")) or _day(_dict(obs.get("effectivePeriod")).get("start"))
+    for n, (key, name, value, unit, day, flag, range_text) in enumerate(rows):
         group = groups.get(key)
         if group is None:
-            groups[key] = group = {"name": name, "unit": unit, "range": _range(obs), "results": []}
+            groups[key] = group = {"name": name, "unit": unit, "range": range_text, "results": []}
         else:  # the first unit and range a result of the test gives
             group["unit"] = group["unit"] or unit
-            group["range"] = group["range"] or _range(obs)
-        group["results"].append({"date": day, "value": value, "flag": _flag(obs)})
+            group["range"] = group["range"] or range_text
+        group["results"].append({"date": day, "value": value, "flag": flag})
         best = order.get(key)
         if best is None or day > best[0] or (day == best[0] and -n < best[1]):
             order[key] = (day, -n)
@@ -380,8 +425,10 @@ def _allergies(resources: list[Json]) -> list[Json]:
 
 
 # -------------------------------------------------------------------------------------------- public
-def summarize(bundle: Json) -> Json:
-    """The viewer's summary of one IPS-shaped document Bundle (see docs/viewer.md for its fields)."""
+def summarize(bundle: Json, labs: list[LabEntry] | None = None) -> Json:
+    """The viewer's summary of one IPS-shaped document Bundle (see docs/viewer.md for its fields).
+    ``labs``: the results section's Observations when the export's compiled lab section made them
+    (restore.fhir.bundle.readable_bundle; the section's entries in ``bundle`` are then serialized)."""
     entries = [_dict(e) for e in _list(bundle.get("entry"))]
     by_url = {_s(e.get("fullUrl")): _dict(e.get("resource")) for e in entries if e.get("fullUrl")}
     composition = _dict(entries[0].get("resource")) if entries else {}
@@ -408,6 +455,8 @@ def summarize(bundle: Json) -> Json:
         if name is None or name in seen:
             continue
         seen.add(name)
+        if name == "labs" and labs is not None:
+            continue
         refs = [_s(_dict(r).get("reference")) for r in _list(s.get("entry"))]
         resources = [by_url[r] for r in refs if r in by_url]
         sections[name] = resources
@@ -435,7 +484,11 @@ def summarize(bundle: Json) -> Json:
         "problems": [_problem(r) for r in sections["problems"] if r.get("resourceType") == "Condition"],
         "medications": medications,
         "injections": injections,
-        "labs": _labs([r for r in sections["labs"] if r.get("resourceType") == "Observation"]),
+        "labs": (
+            _labs([r for r in sections["labs"] if r.get("resourceType") == "Observation"])
+            if labs is None
+            else _fast_labs(labs)
+        ),
         "empty": empty,
     }
 
@@ -444,8 +497,8 @@ def summarize(bundle: Json) -> Json:
 Stored = tuple[bytes, Json]
 
 
-def stored_summary(bundle: Json) -> Stored:
+def stored_summary(bundle: Json, labs: list[LabEntry] | None = None) -> Stored:
     """:func:`summarize` of a Bundle as the viewer stores it: what an export worker hands the disk writer
     (some kilobytes of JSON to pass between processes, not a tree of objects to pickle and unpickle)."""
-    summary = summarize(bundle)
+    summary = summarize(bundle, labs)
     return orjson.dumps(summary), summary["patient"]

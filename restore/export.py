@@ -34,10 +34,16 @@ from hakobune.errors import InputError
 from hakobune.parallel import cycle_collection_paused, resolve_workers
 from restore.database import PatientRow, stored_row
 from restore.fhir import ExportWindow
-from restore.fhir.bundle import Json, dumps, encoded_bundle, serialized_bundle
+from restore.fhir.bundle import Json, LabEntry, readable_bundle, serialized_bundle
 
 #: Patient IDs become file names: only these characters are allowed (SS-MIX2 IDs are alphanumeric).
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+#: What reads each bundle where it is built: ``summarize(bundle, labs)``, with the bundle's dicts and, when
+#: the compiled lab section made its results section, that section's Observations (else None; see
+#: :func:`restore.fhir.bundle.readable_bundle`).
+Summarize = Callable[[Json, list[LabEntry] | None], Any]
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class _Settings:
     keep: bool = True
     #: Made from each bundle where it is built and handed to the sink with it (the offline viewer's
     #: summary: no one parses the bundle again); a module-level function, since workers get it pickled.
-    summarize: Callable[[Json], Any] | None = None
+    summarize: Summarize | None = None
 
 
 #: A patient to export: a row, or a row as a restore database stores it (ID and compressed records), which
@@ -89,11 +95,10 @@ def _build(settings: _Settings, item: Work) -> Built:
     summary = None
     if settings.summarize is None:
         data, entries = serialized_bundle(row.patient, row.encoded, **args)
-    else:  # the bundle as dicts (the same bytes), which the summary reads
-        bundle = encoded_bundle(row.patient, row.encoded, share=True, **args)
-        data, entries = dumps(bundle), len(bundle["entry"])
+    else:  # the bundle as dicts too (the same bytes), which the summary reads
+        data, entries, bundle, labs = readable_bundle(row.patient, row.encoded, **args)
         try:
-            summary = settings.summarize(bundle)
+            summary = settings.summarize(bundle, labs)
         except ValueError:
             summary = None
     if settings.folder is not None:
@@ -150,7 +155,7 @@ class ExportReport:
 class BundleExporter:
     """Write each patient handed to :meth:`write` as a bundle file in ``folder``, a line of ``ndjson``
     and/or a call of ``sink(patient_id, bundle_bytes, summary)`` (in patient order, e.g. an encrypted disk;
-    ``summary`` is ``summarize(bundle)``, made where the bundle is built, or None).  Use as a context
+    ``summary`` is ``summarize(bundle, labs)``, made where the bundle is built, or None).  Use as a context
     manager; :attr:`report` has the figures."""
 
     def __init__(
@@ -166,7 +171,7 @@ class BundleExporter:
         workers: int = 0,
         sink: Callable[[str, bytes, Any], None] | None = None,
         generated_at: datetime | None = None,
-        summarize: Callable[[Json], Any] | None = None,
+        summarize: Summarize | None = None,
     ) -> None:
         if folder is None and ndjson is None and sink is None:
             raise ValueError("nothing to write: give a folder, an NDJSON file or a sink")

@@ -14,6 +14,11 @@
  * encoding not in canonical layout, an escape in a string, a key or time that is not ASCII, another
  * patient's record, a template that cannot be made) gives None for the whole bundle and the caller runs
  * the Python path.  tests/restore/test_fast_labs.py compares both on generated and hostile records.
+ *
+ * For a reader of the bundle that never parses it (the offline viewer's summary, made where the bundle is
+ * built), the section also hands back each Observation as (its template's shape, its number's JSON or None,
+ * its effective time): the shape is the makers' last answer, the same object for every Observation of the
+ * template, so what the reader derives from it is derived once.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -585,11 +590,12 @@ make_str(const char *s, Py_ssize_t n)
     return PyUnicode_DecodeUTF8(s, n, "strict");
 }
 
-/* Whether ``t`` is a tuple of ``pieces`` bytes followed by ``texts`` objects of ``text_type``. */
+/* Whether ``t`` is a tuple of ``pieces`` bytes followed by ``texts`` objects of ``text_type`` and the
+ * template's shape (any object: handed back with each Observation made of it, see results()). */
 static int
 parts_shape(PyObject *t, Py_ssize_t pieces, Py_ssize_t texts, PyTypeObject *text_type)
 {
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 1 + texts || !PyTuple_Check(PyTuple_GET_ITEM(t, 0)) ||
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2 + texts || !PyTuple_Check(PyTuple_GET_ITEM(t, 0)) ||
         PyTuple_GET_SIZE(PyTuple_GET_ITEM(t, 0)) != pieces) {
         return 0;
     }
@@ -610,13 +616,13 @@ parts_shape(PyObject *t, Py_ssize_t pieces, Py_ssize_t texts, PyTypeObject *text
 static int
 lab_parts_shape(PyObject *t)
 {
-    return parts_shape(t, 6, 1, &PyUnicode_Type); /* ((6 pieces), tail) */
+    return parts_shape(t, 6, 1, &PyUnicode_Type); /* ((6 pieces), tail, shape) */
 }
 
 static int
 number_parts_shape(PyObject *t)
 {
-    return parts_shape(t, 7, 2, &PyBytes_Type); /* ((7 pieces, the number 4th), before, after) */
+    return parts_shape(t, 7, 2, &PyBytes_Type); /* ((7 pieces, the number 4th), before, after, shape) */
 }
 
 static int
@@ -669,14 +675,14 @@ cached_call(PyObject *cache, Py_ssize_t max, PyObject *key, PyObject *maker, con
     return answer;
 }
 
-/* parts_maker's answer for this result: ((6 pieces), tail), Py_None (no template: not plain) or NULL. */
+/* parts_maker's answer for this result: ((6 pieces), tail, shape), Py_None (no template: not plain) or NULL. */
 static PyObject *
 parts_of(const Lab *lab)
 {
     static const int fields[9] = {SYSTEM, CODE, DISPLAY, STATUS, VTYPE, VALUE, UNIT, FLAG, RANGE};
     PyObject *key = PyBytes_FromStringAndSize(lab->parts, lab->parts_n);
     return cached_call(parts_cache, PARTS_CACHE_MAX, key, parts_maker, lab, fields, 9, lab_parts_shape,
-                       "lab parts: ((6 pieces as bytes), tail)");
+                       "lab parts: ((6 pieces as bytes), tail, shape)");
 }
 
 /* The JSON of the result's value when it is a number (bytes), Py_None when it is not, or NULL. */
@@ -690,7 +696,7 @@ number_of(const Lab *lab)
 }
 
 /* number_parts_maker's answer for this result (whose value is a number), keyed by all it is made of:
- * ((7 pieces), before, after), Py_None (no template) or NULL. */
+ * ((7 pieces), before, after, shape), Py_None (no template) or NULL. */
 static PyObject *
 number_parts_of(const Lab *lab)
 {
@@ -705,7 +711,7 @@ number_parts_of(const Lab *lab)
         memcpy(k + 1 + before, lab->f[VALUE].p + lab->f[VALUE].n, (size_t)after);
     }
     return cached_call(parts_cache, PARTS_CACHE_MAX, key, number_parts_maker, lab, fields, 8, number_parts_shape,
-                       "lab number parts: ((7 pieces as bytes), before, after)");
+                       "lab number parts: ((7 pieces as bytes), before, after, shape)");
 }
 
 /* The Observation: the template's pieces with the values of its holes between them (JSON strings, quoted
@@ -994,9 +1000,11 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject **built = PyMem_Calloc((size_t)(kept ? kept : 1), sizeof(PyObject *)); /* entries */
     PyObject **lines = PyMem_Calloc((size_t)(kept ? kept : 1), sizeof(PyObject *));  /* their lines, UTF-8 */
-    if (built == NULL || lines == NULL) {
+    PyObject **rows = PyMem_Calloc((size_t)(kept ? kept : 1), sizeof(PyObject *));   /* (shape, number, time) */
+    if (built == NULL || lines == NULL || rows == NULL) {
         PyMem_Free(built);
         PyMem_Free(lines);
+        PyMem_Free(rows);
         PyErr_NoMemory();
         goto done;
     }
@@ -1077,7 +1085,15 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 if (ok && built[i] != NULL) {
                     lines[i] = PyBytes_FromStringAndSize(text.p, text.n);
                 }
-                failed = lines[i] == NULL;
+                if (lines[i] != NULL) {
+                    PyObject *time = make_str(effective, effective_n);
+                    if (time != NULL) {
+                        rows[i] = PyTuple_Pack(3, PyTuple_GET_ITEM(parts, PyTuple_GET_SIZE(parts) - 1),
+                                               number != NULL ? number : Py_None, time);
+                        Py_DECREF(time);
+                    }
+                }
+                failed = rows[i] == NULL;
             }
         }
         Py_XDECREF(spec_url);
@@ -1095,12 +1111,15 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         merge_sort(by_section, order, kept, cmp_in_section);
         static const char ref[] = "{\"reference\":\"urn:uuid:";
         Buf refs = {NULL, 0, 0}, inner = {NULL, 0, 0};
-        PyObject *entries = PyList_New(kept), *refs_bytes = NULL, *refs_fragment = NULL, *div = NULL;
-        int ok = entries != NULL && put(&refs, "[", 1) == 0;
+        PyObject *entries = PyList_New(kept), *shapes = PyList_New(kept), *refs_bytes = NULL,
+                 *refs_fragment = NULL, *div = NULL;
+        int ok = entries != NULL && shapes != NULL && put(&refs, "[", 1) == 0;
         for (Py_ssize_t i = 0; ok && i < kept; i++) {
             Py_ssize_t at = by_section[i]->seq;
             PyList_SET_ITEM(entries, i, built[at]);
             built[at] = NULL;
+            PyList_SET_ITEM(shapes, i, rows[at]);
+            rows[at] = NULL;
             ok = (i == 0 || (put(&refs, ",", 1) == 0 && put(&inner, "</li><li>", 9) == 0)) &&
                  put(&refs, ref, (Py_ssize_t)sizeof(ref) - 1) == 0 && put(&refs, by_section[i]->id, 36) == 0 &&
                  put(&refs, "\"}", 2) == 0;
@@ -1117,10 +1136,12 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if (ok && put(&refs, "]", 1) == 0 && (refs_bytes = PyBytes_FromStringAndSize(refs.p, refs.n)) != NULL &&
             (refs_fragment = PyObject_CallOneArg(fragment_type, refs_bytes)) != NULL &&
-            (div = make_str(inner.p, inner.n)) != NULL && (section = PyTuple_Pack(3, refs_fragment, entries, div)) != NULL) {
+            (div = make_str(inner.p, inner.n)) != NULL &&
+            (section = PyTuple_Pack(4, refs_fragment, entries, div, shapes)) != NULL) {
             result = PyTuple_Pack(3, others, section, specimens);
         }
         Py_XDECREF(entries);
+        Py_XDECREF(shapes);
         Py_XDECREF(refs_bytes);
         Py_XDECREF(refs_fragment);
         Py_XDECREF(div);
@@ -1133,7 +1154,9 @@ results(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t i = 0; i < kept; i++) {
         Py_XDECREF(built[i]);
         Py_XDECREF(lines[i]);
+        Py_XDECREF(rows[i]);
     }
+    PyMem_Free(rows);
     PyMem_Free(lines);
     PyMem_Free(built);
     PyMem_Free(instance.p);

@@ -5,8 +5,8 @@ from typing import Any
 
 def register(
     lab_prefix: bytes,
-    lab_parts: Callable[..., tuple[tuple[bytes, ...], str] | None],
-    number_parts: Callable[..., tuple[tuple[bytes, ...], bytes, bytes] | None],
+    lab_parts: Callable[..., tuple[tuple[bytes, ...], str, Any] | None],
+    number_parts: Callable[..., tuple[tuple[bytes, ...], bytes, bytes, Any] | None],
     number_json: Callable[[str], bytes | None],
     specimen: Callable[[str, str, str | None, str], dict[str, Any]],
     fragment: type,
@@ -23,4 +23,11 @@ def results(
     observation_hash: Any,
     specimen_hash: Any,
     /,
-) -> tuple[list[bytes], tuple[Any, list[Any], str] | None, list[tuple[str, dict[str, Any]]]] | None: ...
+) -> (
+    tuple[
+        list[bytes],
+        tuple[Any, list[Any], str, list[tuple[Any, bytes | None, str]]] | None,
+        list[tuple[str, dict[str, Any]]],
+    ]
+    | None
+): ...

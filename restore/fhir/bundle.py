@@ -1191,12 +1191,18 @@ def _shared_lab_parts(*key: str) -> tuple[_LabParts, _Template | None]:
     subject, effective time, specimen and id (in the order :meth:`_Builder.lab` fills them); no template
     when a value of the parts holds a hole's marker."""
     parts = _lab_parts(*key)
+    return parts, _lab_template(parts)[1]
+
+
+def _lab_template(parts: _LabParts) -> tuple[Json, _Template | None]:
+    """The Observation of ``parts`` with the holes' markers, and its template (None when a value of the
+    parts holds a marker)."""
     res = _observation(parts, *_HOLES[:4])
     res["id"] = _HOLES[4]
     try:
-        return parts, _Template(res, _HOLES[:5])
+        return res, _Template(res, _HOLES[:5])
     except ValueError:
-        return parts, None
+        return res, None
 
 
 #: Markers of the holes of a :class:`_Template` (text no record is expected to hold; a template checks
@@ -1237,20 +1243,42 @@ class _Template:
         return orjson.Fragment(b"".join(out))
 
 
-def _fast_lab_parts(*key: str) -> tuple[tuple[bytes, ...], str] | None:
+class LabShape:
+    """What the Observations the compiled lab section makes from one template share, for a reader of the
+    section (:func:`readable_bundle`): the Observation with the holes' markers (``observation``; the
+    instance, subject, effective time, specimen, id and, when ``number``, valueQuantity's value are the
+    Observation's own) and a slot for what the reader derives from it once (``derived``, None until it
+    sets it)."""
+
+    __slots__ = ("derived", "number", "observation")
+
+    def __init__(self, observation: Json, number: bool) -> None:
+        self.observation = observation
+        self.number = number
+        self.derived: Any = None
+
+
+#: One Observation of the compiled section, for a reader: its template's shape, the JSON of its number
+#: (when ``shape.number``; else None) and its effective time, in the section's order.
+LabEntry = tuple[LabShape, bytes | None, str]
+
+
+def _fast_lab_parts(*key: str) -> tuple[tuple[bytes, ...], str, LabShape] | None:
     """What the compiled lab section (:data:`fast_results`) takes from :func:`_shared_lab_parts`: the
-    template's pieces and the narrative tail, or None when there is no template (the section remembers
-    the answer: it is not kept in :data:`_SHARED` as well)."""
-    parts, template = _shared_lab_parts(*key)
-    return None if template is None else (tuple(template.pieces), parts[-1])
+    template's pieces, the narrative tail and the shape, or None when there is no template (the section
+    remembers the answer: it is not kept in :data:`_SHARED` as well)."""
+    parts = _lab_parts(*key)
+    res, template = _lab_template(parts)
+    return None if template is None else (tuple(template.pieces), parts[-1], LabShape(res, False))
 
 
 def _fast_lab_number_parts(
     system: str, code: str, display: str, status: str, value_type: str, unit: str, flag: str, range_text: str
-) -> tuple[tuple[bytes, ...], bytes, bytes] | None:
+) -> tuple[tuple[bytes, ...], bytes, bytes, LabShape] | None:
     """For the compiled lab section: the template of an Observation whose value is a number (any number:
-    a hole between the effective time and the specimen, filled with :func:`_number_json`), and the
-    narrative tail before and after the value's text (UTF-8); None when a value holds a hole's marker."""
+    a hole between the effective time and the specimen, filled with :func:`_number_json`), the narrative
+    tail before and after the value's text (UTF-8) and the shape; None when a value holds a hole's
+    marker."""
     parts = _lab_parts(system, code, display, status, value_type, _NUMBER_HOLE, unit, flag, range_text)
     number = orjson.Fragment(orjson.dumps(_NUMBER_HOLE))
     quantity: Json = {"value": number, "unit": unit} if unit else {"value": number}
@@ -1267,7 +1295,7 @@ def _fast_lab_number_parts(
         return None
     if not marker or _NUMBER_HOLE in after:
         return None
-    return tuple(template.pieces), before.encode(), after.encode()
+    return tuple(template.pieces), before.encode(), after.encode(), LabShape(res, True)
 
 
 def _number_json(text: str) -> bytes | None:
@@ -1278,8 +1306,8 @@ def _number_json(text: str) -> bytes | None:
 
 
 #: The results section made in C: its entries' references (a JSON list), its entries, its narrative's lines
-#: escaped and joined.
-_FastSection = tuple[orjson.Fragment, list[orjson.Fragment], str]
+#: escaped and joined, and what a reader needs of each entry (:data:`LabEntry`).
+_FastSection = tuple[orjson.Fragment, list[orjson.Fragment], str, list[LabEntry]]
 #: The lab results of a bundle, done in C: (other encodings, results section or None, specimen entries) for
 #: the plain case, else None (restore/fhir/_fastlabs.c).
 FastResults = Callable[..., "tuple[list[bytes], _FastSection | None, list[tuple[str, Json]]] | None"]
@@ -1440,14 +1468,62 @@ def serialized_bundle(
     hot path.  The bundle is serialized at once and never handed out, so the parts that depend only on
     a code and a value (a lab result's coding, quantity, reference range …) are made once per process and
     shared between resources and bundles instead of being made again for each."""
+    data, entries, _, _ = _serialized(
+        patient,
+        encoded,
+        _Export(hospital, hospital_name, as_of, window, generated_at),
+        readable=False,
+    )
+    return data, entries
+
+
+def readable_bundle(
+    patient: Patient,
+    encoded: Iterable[bytes],
+    *,
+    hospital: str,
+    hospital_name: str = "",
+    as_of: date,
+    window: ExportWindow = ExportWindow(),
+    generated_at: datetime,
+) -> tuple[bytes, int, Json, list[LabEntry] | None]:
+    """:func:`serialized_bundle` (the same bytes and entries) and the bundle for a reader that never
+    changes it (the offline viewer's summary): its dicts, with the parts shared between bundles, and,
+    when the compiled lab section made the results section, that section's Observations as
+    :data:`LabEntry` (its entries in the dicts are then serialized already); None when the dicts hold
+    them."""
+    return _serialized(
+        patient,
+        encoded,
+        _Export(hospital, hospital_name, as_of, window, generated_at),
+        readable=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Export:
+    """What an export gives every bundle."""
+
+    hospital: str
+    hospital_name: str
+    as_of: date
+    window: ExportWindow
+    generated_at: datetime
+
+
+def _serialized(
+    patient: Patient, encoded: Iterable[bytes], export: _Export, *, readable: bool
+) -> tuple[bytes, int, Json, list[LabEntry] | None]:
+    """The bytes, entries and dicts of a bundle (lab Observations serialized already unless ``readable``,
+    or made by the compiled section: then also their :data:`LabEntry`)."""
+    hospital, as_of, window = export.hospital, export.as_of, export.window
     args: dict[str, Any] = {
         "hospital": hospital,
-        "hospital_name": hospital_name,
+        "hospital_name": export.hospital_name,
         "as_of": as_of,
         "window": window,
-        "generated_at": generated_at,
+        "generated_at": export.generated_at,
         "shared": _SHARED,
-        "fragments": True,
     }
     fast = fast_results
     bases = _id_bases(hospital) if fast is not None else None
@@ -1470,11 +1546,14 @@ def serialized_bundle(
             others, results, specimens = done
             try:
                 bundle = _bundle(patient, map(orjson.loads, others), results=(results, specimens), **args)
-                return dumps(bundle), len(bundle["entry"])
             except _NotPlain:
                 pass
-    bundle = _bundle(patient, map(orjson.loads, in_window(encoded, as_of=as_of, window=window)), **args)
-    return dumps(bundle), len(bundle["entry"])
+            else:
+                labs = [] if results is None else results[3]
+                return dumps(bundle), len(bundle["entry"]), bundle, labs
+    records = map(orjson.loads, in_window(encoded, as_of=as_of, window=window))
+    bundle = _bundle(patient, records, fragments=not readable, **args)
+    return dumps(bundle), len(bundle["entry"]), bundle, None
 
 
 class _NotPlain(Exception):
@@ -1547,7 +1626,7 @@ def _bundle(
         }
         if name == "results" and results is not None:  # made in C: references, entries, narrative
             if results[0] is not None:
-                refs, lab_entries, lines = results[0]
+                refs, lab_entries, lines, _ = results[0]
                 section["text"] = {"status": "generated", "div": _xhtml_joined(lines)}
                 section["entry"] = refs
                 entries.extend(lab_entries)

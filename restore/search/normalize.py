@@ -6,10 +6,10 @@ query is normalized the same way before it is compared.
 Names
     :func:`kana_key` is the *strict* reading key: NFKC (half-width ｶﾅ → カナ, full-width ＡＢ → AB),
     hiragana → katakana, separators removed.  :func:`kana_loose` is the *tolerant* key on top of it:
-    small kana → large (ァ→ア, ッ→ツ, ョ→ヨ), ヂ→ジ, ヅ→ズ, ヲ→オ, ヰ→イ, ヱ→エ, ヴ→ブ (ヷ ヸ ヹ ヺ → バ ビ ベ ボ), voicing marks dropped
-    (ザ→サ, パ→ハ), and long vowels folded (ー dropped; a vowel kana repeating the vowel before it
-    dropped, as are ウ after an o-row kana and イ after an e-row kana): サトウ, サトー, さとう and ｻﾄｳ
-    all give サト.
+    small kana → large (ァ→ア, ッ→ツ, ョ→ヨ), ヂ→ジ, ヅ→ズ, ヲ→オ, ヰ→イ, ヱ→エ,
+    ヴ→ブ (ヷ ヸ ヹ ヺ → バ ビ ベ ボ), voicing marks dropped (ザ→サ, パ→ハ), and long vowels
+    folded (ー dropped; a vowel kana repeating the vowel before it dropped, as are ウ after
+    an o-row kana and イ after an e-row kana): サトウ, サトー, さとう and ｻﾄｳ all give サト.
     :func:`fold_kanji` is NFKC, variation selectors (IVS) dropped, 々 spelled out, then each character
     mapped through the generated kanji-variant table (``data/kanji_variants.tsv``, made by
     ``scripts/gen-kanji-variants``): 齋藤, 斉藤 and 齊藤 all give 斎藤; 渡邊 and 渡邉 give 渡辺.
@@ -48,7 +48,18 @@ _SMALL = str.maketrans(
     "アイウエオツヤユヨワカケクシストヌハヒフヘホムラリルレロ",
 )
 _OLD_KANA = str.maketrans(
-    {"ヂ": "ジ", "ヅ": "ズ", "ヲ": "オ", "ヰ": "イ", "ヱ": "エ", "ヴ": "ブ", "ヷ": "バ", "ヸ": "ビ", "ヹ": "ベ", "ヺ": "ボ"}
+    {
+        "ヂ": "ジ",
+        "ヅ": "ズ",
+        "ヲ": "オ",
+        "ヰ": "イ",
+        "ヱ": "エ",
+        "ヴ": "ブ",
+        "ヷ": "バ",
+        "ヸ": "ビ",
+        "ヹ": "ベ",
+        "ヺ": "ボ",
+    }
 )
 _VOWELS = {"ア": "a", "イ": "i", "ウ": "u", "エ": "e", "オ": "o"}
 _ROWS = {

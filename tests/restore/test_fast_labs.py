@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hakobune.records import Coding, LabResult, Patient, Record, RecordKey, encode
+from media.viewer_summary import parse_bundle, stored_summary
 from restore.fhir import ExportWindow
 from restore.fhir import bundle as bundle_module
-from restore.fhir.bundle import _cuts, _id_bases, make_id, serialized_bundle
+from restore.fhir.bundle import LabEntry, _cuts, _id_bases, make_id, readable_bundle, serialized_bundle
 
 PID = "0000000042"
 HOSPITAL = "1310000001"
@@ -225,6 +226,22 @@ def test_generated_lab_histories_give_the_same_bytes(labs: list[LabResult], wind
     assert fast == slow
     # these are all plain: the compiled section answered for them
     assert _fast(sorted(encode(r) for r in labs), window) is not None
+    # and a reader of the bundle (the offline viewer's summary) finds in what it made what it finds in
+    # the bytes (of results with distinct keys, as a restore database holds them: two results of one key
+    # share an id, and a reader of the bytes finds one of them under it)
+    assert _readable(list(labs), window)[0] == fast
+    data, _, bundle, read = _readable(list({lab.key: lab for lab in labs}.values()), window)
+    assert read is not None
+    assert stored_summary(bundle, read) == stored_summary(parse_bundle(data))
+
+
+def _readable(
+    records: list[Record], window: ExportWindow = ExportWindow()
+) -> tuple[bytes, int, dict[str, Any], list[LabEntry] | None]:
+    encoded = sorted(encode(r) for r in records)
+    return readable_bundle(
+        PATIENT, encoded, hospital=HOSPITAL, as_of=AS_OF, window=window, generated_at=GENERATED
+    )
 
 
 def _glucose(
@@ -255,10 +272,15 @@ def test_a_plain_history_is_answered_in_order(monkeypatch: pytest.MonkeyPatch) -
     assert done is not None
     others, section, specimens = done
     assert others == [cond]
-    refs, entries, lines = section
+    refs, entries, lines, read = section
     resources = [orjson.loads(orjson.dumps(entry)) for entry in entries]
     days = ["2025-04-07", "2025-04-06", "2025-04-05"]
     assert [e["resource"]["effectiveDateTime"][:10] for e in resources] == days
+    # for a reader: each Observation's shape (one template: a number's), its number and its time
+    shape = read[0][0]
+    assert read == [(shape, b"7.0", e["resource"]["effectiveDateTime"]) for e in resources]
+    assert isinstance(shape, bundle_module.LabShape) and shape.number
+    assert shape.observation["code"] == resources[0]["resource"]["code"]
     assert orjson.loads(orjson.dumps(refs)) == [{"reference": e["fullUrl"]} for e in resources]
     assert [e["fullUrl"] for e in resources] == [f"urn:uuid:{e['resource']['id']}" for e in resources]
     assert [line.split()[0] for line in lines.split("</li><li>")] == days
@@ -292,12 +314,15 @@ def test_equal_keys_keep_the_order_their_tests_first_appear_in(
 # -- not plain: the Python path, the same bytes or the same error -----------------------------------------
 def _outcomes(encoded: list[bytes], monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """What the export makes of ``encoded`` with the compiled section and without it: the bundle, or the
-    error it raises."""
+    error it raises (and a reader of the bundle finds in it what it finds in the bytes)."""
     outcomes: list[object] = []
     for fast in (bundle_module.fast_results, None):
         monkeypatch.setattr(bundle_module, "fast_results", fast)
         try:
             outcomes.append(serialized_bundle(PATIENT, encoded, **ARGS))
+            data, entries, bundle, labs = readable_bundle(PATIENT, encoded, **ARGS)
+            assert (data, entries) == outcomes[-1] and labs is None
+            assert stored_summary(bundle, labs) == stored_summary(parse_bundle(data))
         except (ValueError, KeyError) as e:
             outcomes.append(f"{type(e).__name__}: {e}")
     return outcomes
@@ -402,8 +427,10 @@ def test_callbacks_answering_the_wrong_shape_are_errors_not_bundles() -> None:
     )
     wrong = [
         (2, lambda text: "7.0", "a number's JSON as bytes"),
-        (1, lambda *key: ((b"",) * 6, b"", b""), "lab number parts"),
-        (0, lambda *key: ((b"",) * 5, "tail"), "lab parts"),
+        (1, lambda *key: ((b"",) * 6, b"", b"", None), "lab number parts"),
+        (1, lambda *key: ((b"",) * 7, b"", b""), "lab number parts"),  # (no shape)
+        (0, lambda *key: ((b"",) * 5, "tail", None), "lab parts"),
+        (0, lambda *key: ((b"",) * 6, "tail"), "lab parts"),  # (no shape)
     ]
     lab = encode(_glucose("2025-04-02", value="7.0"))
     text = encode(_glucose("2025-04-02", value="陰性"))

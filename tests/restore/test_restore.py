@@ -33,7 +33,7 @@ from restore.commands.restore import gather_shares, read_passphrases, run_export
 from restore.database import RestoreDB
 from restore.export import BundleExporter
 from restore.fhir import ExportWindow, dumps, patient_bundle
-from restore.fhir.bundle import in_window
+from restore.fhir.bundle import LabEntry, in_window
 from restore.orders import approve, create_order, write_order
 from tests.pipeline import decoded, expected_state
 
@@ -423,11 +423,14 @@ def test_export_workers_write_the_bytes_of_patient_bundle(world: World, tmp_path
     assert [(tmp_path / "fhir" / f"{r.patient_id}.json").read_bytes() for r in rows] == expected
 
 
-def _entry_types(bundle: dict[str, Any]) -> list[str]:
-    return [e["resource"]["resourceType"] for e in bundle["entry"]]
+def _entry_types(bundle: dict[str, Any], labs: list[LabEntry] | None) -> list[str]:
+    """The bundle's resource types as a reader finds them: in its dicts, and in the shapes of the lab
+    Observations the compiled section made (their entries in the dicts are serialized already)."""
+    in_dicts = [e["resource"]["resourceType"] for e in bundle["entry"] if isinstance(e, dict)]
+    return sorted(in_dicts + [shape.observation["resourceType"] for shape, _, _ in labs or ()])
 
 
-def _refuse(bundle: dict[str, Any]) -> None:
+def _refuse(bundle: dict[str, Any], labs: list[LabEntry] | None) -> None:
     raise ValueError("not this one")
 
 
@@ -456,7 +459,9 @@ def test_export_hands_the_sink_what_summarize_made_of_each_bundle(
     plain = got["plain"]
     assert len(plain) > 0 and all(summary is None for *_, summary in plain)
     assert [(pid, data) for pid, data, _ in got["types"]] == [(pid, data) for pid, data, _ in plain]
-    assert [summary for *_, summary in got["types"]] == [_entry_types(orjson.loads(d)) for _, d, _ in plain]
+    assert [summary for *_, summary in got["types"]] == [
+        sorted(e["resource"]["resourceType"] for e in orjson.loads(d)["entry"]) for _, d, _ in plain
+    ]
     assert [(pid, data, None) for pid, data, _ in plain] == got["refused"]
 
 
