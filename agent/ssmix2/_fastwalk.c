@@ -57,54 +57,54 @@ printable_ascii(const char *s)
     return 1;
 }
 
-/* The entries of folder fd (consumed: closed here), sorted; 0, or -1 when the plain case does not hold
- * (an entry of another type than want, a name that is not printable ASCII, an error). */
+/* The entries of the open folder fd, sorted; 0, or -1 when the plain case does not hold (an entry of
+ * another type than want, a name that is not printable ASCII, an error).  getdents64 on the folder itself
+ * (no second descriptor, no DIR stream: three system calls fewer a folder than opendir's way; the folder's
+ * read position moves, which openat relative to it does not mind). */
 static int
 list_folder(int fd, unsigned char want, Names *out)
 {
-    DIR *d = fdopendir(fd);
-    if (d == NULL) {
-        close(fd);
-        return -1;
-    }
-    int rc = 0;
-    struct dirent *e;
-    errno = 0;
-    while ((e = readdir(d)) != NULL) {
-        const char *nm = e->d_name;
-        if (nm[0] == '.' && (nm[1] == '\0' || (nm[1] == '.' && nm[2] == '\0'))) {
-            continue;
-        }
-        if (e->d_type != want || !printable_ascii(nm)) {
-            rc = -1;
+    char buf[32768];
+    for (;;) {
+        ssize_t got = getdents64(fd, buf, sizeof(buf));
+        if (got == 0) {
             break;
         }
-        if (out->n == out->cap) {
-            size_t cap = out->cap ? out->cap * 2 : 16;
-            char **grown = realloc(out->names, cap * sizeof(char *));
-            if (grown == NULL) {
-                rc = -1;
-                break;
+        if (got < 0) {
+            if (errno == EINTR) {
+                continue;
             }
-            out->names = grown;
-            out->cap = cap;
+            return -1;
         }
-        char *copy = strdup(nm);
-        if (copy == NULL) {
-            rc = -1;
-            break;
+        for (ssize_t at = 0; at < got;) {
+            struct dirent64 *e = (struct dirent64 *)(buf + at);
+            at += e->d_reclen;
+            const char *nm = e->d_name;
+            if (nm[0] == '.' && (nm[1] == '\0' || (nm[1] == '.' && nm[2] == '\0'))) {
+                continue;
+            }
+            if (e->d_type != want || !printable_ascii(nm)) {
+                return -1;
+            }
+            if (out->n == out->cap) {
+                size_t cap = out->cap ? out->cap * 2 : 16;
+                char **grown = realloc(out->names, cap * sizeof(char *));
+                if (grown == NULL) {
+                    return -1;
+                }
+                out->names = grown;
+                out->cap = cap;
+            }
+            if ((out->names[out->n] = strdup(nm)) == NULL) {
+                return -1;
+            }
+            out->n++;
         }
-        out->names[out->n++] = copy;
-        errno = 0;
     }
-    if (rc == 0 && errno != 0) {
-        rc = -1; /* readdir failed */
-    }
-    closedir(d);
-    if (rc == 0 && out->n > 1) {
+    if (out->n > 1) {
         qsort(out->names, out->n, sizeof(char *), by_name);
     }
-    return rc;
+    return 0;
 }
 
 static int
@@ -159,6 +159,11 @@ read_file(int dirfd, const char *name, int wanted, Py_ssize_t max, long long *si
             break;
         }
         got += r;
+        if (got == want) {
+            /* a read of a regular file stops short only at its end: this is all of it (no second read
+             * to see it end; one byte more would have come had it grown) */
+            break;
+        }
     }
     if (got != want || _PyBytes_Resize(&data, want) < 0) {
         PyErr_Clear();
@@ -197,7 +202,7 @@ read_patient(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Names dates = {0}, types = {0}, files = {0};
     int dfd = -1, tfd = -1;
     int pfd = open(PyBytes_AS_STRING(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (pfd < 0 || list_folder(dup(pfd), DT_DIR, &dates) < 0) {
+    if (pfd < 0 || list_folder(pfd, DT_DIR, &dates) < 0) {
         goto plain_case_fails;
     }
     if ((out = PyList_New(0)) == NULL) {
@@ -205,7 +210,7 @@ read_patient(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     for (size_t i = 0; i < dates.n; i++) {
         dfd = open_folder(pfd, dates.names[i]);
-        if (dfd < 0 || list_folder(dup(dfd), DT_DIR, &types) < 0) {
+        if (dfd < 0 || list_folder(dfd, DT_DIR, &types) < 0) {
             goto plain_case_fails;
         }
         if ((date = PyUnicode_DecodeASCII(dates.names[i], (Py_ssize_t)strlen(dates.names[i]), NULL)) == NULL) {
@@ -218,7 +223,7 @@ read_patient(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto error;
             }
             tfd = open_folder(dfd, types.names[j]);
-            if (tfd < 0 || list_folder(dup(tfd), DT_REG, &files) < 0) {
+            if (tfd < 0 || list_folder(tfd, DT_REG, &files) < 0) {
                 goto plain_case_fails;
             }
             for (size_t k = 0; k < files.n; k++) {
