@@ -108,6 +108,111 @@ list_folder(int fd, unsigned char want, Names *out)
 }
 
 static int
+is_alnum(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+static int
+all_of(const char *s, size_t n, int (*ok)(char))
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!ok(s[i])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int
+is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static int
+is_upper_or_digit(char c)
+{
+    return is_digit(c) || (c >= 'A' && c <= 'Z');
+}
+
+/* yyyyMMdd, a day of the proleptic Gregorian calendar from year 1 (what datetime.date accepts). */
+static int
+calendar_date(const char *s)
+{
+    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int y = 0, m = 0, d = 0;
+    for (int i = 0; i < 4; i++) {
+        y = y * 10 + (s[i] - '0');
+    }
+    m = (s[4] - '0') * 10 + (s[5] - '0');
+    d = (s[6] - '0') * 10 + (s[7] - '0');
+    if (y < 1 || m < 1 || m > 12 || d < 1) {
+        return 0;
+    }
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return d <= days[m - 1] + (m == 2 && leap);
+}
+
+static int
+same(const char *a, size_t n, const char *b)
+{
+    return strlen(b) == n && memcmp(a, b, n) == 0;
+}
+
+/* The 7 fields of file ``name`` (PID_date_type_order_timestamp_department_flag) as str, when the name is
+ * well formed the way the reader's layout._NAME and its calendar check want it, and its patient ID, care
+ * date and data type are the names of the folders it is in (``pid``, ``date``, ``dtype``); else None (the
+ * Python checks then word the reason), or NULL on an error. */
+static PyObject *
+name_fields(const char *name, const char *pid, const char *date, const char *dtype)
+{
+    const char *f[7];
+    size_t n[7];
+    int k = 0;
+    const char *start = name;
+    for (const char *p = name;; p++) {
+        if (*p == '_' || *p == '\0') {
+            if (k == 7) {
+                Py_RETURN_NONE;
+            }
+            f[k] = start;
+            n[k++] = (size_t)(p - start);
+            if (*p == '\0') {
+                break;
+            }
+            start = p + 1;
+        }
+    }
+    if (k != 7) {
+        Py_RETURN_NONE;
+    }
+    int dash = n[1] == 1 && f[1][0] == '-';
+    int well_formed =
+        n[0] > 0 && all_of(f[0], n[0], is_alnum) &&
+        (dash || (n[1] == 8 && all_of(f[1], 8, is_digit) && calendar_date(f[1]))) &&
+        (n[2] == 3 || (n[2] == 6 && f[2][3] == '-' && all_of(f[2] + 4, 2, is_upper_or_digit))) &&
+        f[2][0] >= 'A' && f[2][0] <= 'Z' && all_of(f[2] + 1, 2, is_upper_or_digit) &&
+        n[3] > 0 && all_of(f[3], n[3], is_alnum) &&
+        n[4] >= 8 && n[4] <= 17 && all_of(f[4], n[4], is_digit) &&
+        ((n[5] == 1 && f[5][0] == '-') || (n[5] > 0 && all_of(f[5], n[5], is_alnum))) &&
+        n[6] == 1 && (f[6][0] == '1' || f[6][0] == '2' || f[6][0] == '0');
+    if (!well_formed || !same(f[0], n[0], pid) || !same(f[1], n[1], date) || !same(f[2], n[2], dtype)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyTuple_New(7);
+    for (int i = 0; out != NULL && i < 7; i++) {
+        PyObject *text = PyUnicode_DecodeASCII(f[i], (Py_ssize_t)n[i], NULL);
+        if (text == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(out, i, text);
+    }
+    return out;
+}
+
+static int
 open_folder(int at, const char *name)
 {
     return openat(at, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
@@ -175,8 +280,9 @@ done:
 }
 
 /* read_patient(path, in_scope, max_bytes): the files below a patient folder, sorted by (date, type,
- * name), as (date, type, name, data, size, mtime_ns) tuples; data is None for data types not in in_scope
- * (not read) and for files larger than max_bytes.  None when the plain case does not hold. */
+ * name), as (date, type, name, data, size, mtime_ns, fields) tuples; data is None for data types not in
+ * in_scope (not read) and for files larger than max_bytes; fields is name_fields' answer.  None when the
+ * plain case does not hold. */
 static PyObject *
 read_patient(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -201,6 +307,8 @@ read_patient(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *out = NULL, *result = NULL, *date = NULL, *dtype = NULL;
     Names dates = {0}, types = {0}, files = {0};
     int dfd = -1, tfd = -1;
+    const char *pid = strrchr(PyBytes_AS_STRING(path), '/');
+    pid = pid != NULL ? pid + 1 : PyBytes_AS_STRING(path); /* the patient folder's name */
     int pfd = open(PyBytes_AS_STRING(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (pfd < 0 || list_folder(pfd, DT_DIR, &dates) < 0) {
         goto plain_case_fails;
@@ -232,7 +340,12 @@ read_patient(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 if (data == NULL) {
                     goto plain_case_fails;
                 }
-                PyObject *entry = Py_BuildValue("(OOsNLL)", date, dtype, files.names[k], data, size, mtime);
+                PyObject *fields = name_fields(files.names[k], pid, dates.names[i], types.names[j]);
+                if (fields == NULL) {
+                    Py_DECREF(data);
+                    goto error;
+                }
+                PyObject *entry = Py_BuildValue("(OOsNLLN)", date, dtype, files.names[k], data, size, mtime, fields);
                 int appended = entry != NULL && PyList_Append(out, entry) == 0;
                 Py_XDECREF(entry);
                 if (!appended) {
@@ -279,7 +392,8 @@ done:
 static PyMethodDef methods[] = {
     {"read_patient", (PyCFunction)(void (*)(void))read_patient, METH_FASTCALL,
      "read_patient(path, in_scope, max_bytes): the files of a patient folder as sorted (date, type, name,\n"
-     "data, size, mtime_ns) tuples, data None where not read; None when the Python walk must take it."},
+     "data, size, mtime_ns, fields) tuples, data None where not read, fields the name's 7 fields when it is\n"
+     "well formed and filed where it belongs (else None); None when the Python walk must take it."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,4 +4,6 @@ from collections.abc import Set
 
 def read_patient(
     path: str, in_scope: Set[str], max_bytes: int, /
-) -> list[tuple[str, str, str, bytes | None, int, int]] | None: ...
+) -> (
+    list[tuple[str, str, str, bytes | None, int, int, tuple[str, str, str, str, str, str, str] | None]] | None
+): ...

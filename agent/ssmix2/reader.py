@@ -108,6 +108,11 @@ def _name_checks(out: FileOutcome, file_name: str, rel_dir: tuple[str, ...]) -> 
     if wrong is not None:
         out.reason = wrong
         return None
+    return _in_scope(out, name)
+
+
+def _in_scope(out: FileOutcome, name: SsmixName) -> SsmixName | None:
+    """``name``, or None with ``out`` skipped when its data type is not backed up."""
     if name.data_type not in IN_SCOPE:
         out.status = Status.SKIPPED
         out.reason = f"data type {name.data_type} is not backed up"
@@ -127,12 +132,21 @@ def _fetch_patient_fast(root: str, patient_rel: str) -> list[Fetched] | None:
     if entries is None:
         return None
     head = tuple(patient_rel.split("/"))
+    pid = head[-1]
+    # the walk gives a name's fields when it is well formed and its folders are its patient's, date's and
+    # type's: then this folder must be the patient's too (else _name_checks words the reason)
+    placed = len(head) == 3 and head[0] == pid[0:3] and head[1] == pid[3:6]
     fetched: list[Fetched] = []
-    for date, dtype, file_name, raw, size, mtime_ns in entries:
+    for date, dtype, file_name, raw, size, mtime_ns, fields in entries:
         out = FileOutcome(
             f"{patient_rel}/{date}/{dtype}/{file_name}", Status.QUARANTINED, size=size, mtime_ns=mtime_ns
         )
-        name = _name_checks(out, file_name, (*head, date, dtype))
+        name: SsmixName | None
+        if fields is not None and placed:
+            out.name = SsmixName(*fields)
+            name = _in_scope(out, out.name)
+        else:
+            name = _name_checks(out, file_name, (*head, date, dtype))
         if name is None:
             fetched.append((out, None, None))
             continue
@@ -142,7 +156,8 @@ def _fetch_patient_fast(root: str, patient_rel: str) -> list[Fetched] | None:
     return fetched
 
 
-WalkEntry = tuple[str, str, str, bytes | None, int, int]
+#: (date, data type, file name, bytes, size, mtime_ns, the name's 7 fields or None)
+WalkEntry = tuple[str, str, str, bytes | None, int, int, tuple[str, str, str, str, str, str, str] | None]
 
 
 FastWalk = Callable[[str, frozenset[str], int], list[WalkEntry] | None]

@@ -9,15 +9,18 @@ aside (None) for the whole patient folder, and the Python walk then words every 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import agent.ssmix2.reader as reader
 from agent.ssmix2.layout import IN_SCOPE
 from agent.ssmix2.reader import FileOutcome, read_tree
 from hakobune.synth import SSMIX2_DIR, generate
-from tests.conftest import make_message, ssmix_relpath, write_message, write_tree
+from tests.conftest import encode_message, make_message, ssmix_relpath, write_message, write_tree
 
 PID = "1234567"
 PATIENT = "123/456/1234567"
@@ -75,7 +78,8 @@ def test_plain_folders_are_read_in_order_and_other_types_only_stated(tmp_path: P
         ("20240401", "OMG-01"),
         ("20240401", "OML-11"),
     ]
-    for date, dtype, name, data, size, mtime_ns in entries:
+    for date, dtype, name, data, size, mtime_ns, fields in entries:
+        assert fields == tuple(name.split("_"))  # well formed and where it belongs
         st = (tmp_path / PATIENT / date / dtype / name).stat()
         assert (size, mtime_ns) == (st.st_size, st.st_mtime_ns)
         assert data == (
@@ -169,3 +173,93 @@ def test_the_python_walk_alone_reads_the_same(tmp_path: Path, monkeypatch: pytes
     assert reader._load_fast_walk() is None
     _valid_patient(tmp_path)
     _both(tmp_path, monkeypatch)
+
+
+# -- file names: the walk gives the fields of the ones it finds well formed and in their folders ----------
+#: Per field of a name: good values, then values near them (each alone makes the name bad).
+_NAME_FIELDS = (
+    ([PID], ["1234568", "", "12.4567", "abcDEF1"]),
+    (
+        ["20240401", "20240229", "20000229", "00010101", "-"],
+        [
+            "20230229",
+            "19000229",
+            "00000101",
+            "20241301",
+            "20240431",
+            "20240400",
+            "2024040",
+            "202404011",
+            "--",
+            "2024O401",
+        ],
+    ),
+    (
+        ["OML-11", "ADT-00", "OMG-01", "A1Z", "OM1"],
+        ["OML-1", "oml-11", "OML11", "OM-11", "OMLX11", "OML-1a", "1ML"],
+    ),
+    (["000000000001", "a1"], ["", "0-1"]),
+    (["20240401120000000", "20240401", "202404011"], ["2024040", "202404011200000000", "2024040112000000a"]),
+    (["01", "-", "ab"], ["", "0-1", "--"]),
+    (["1", "2", "0"], ["3", "", "11"]),
+)
+
+
+@st.composite
+def _placed_names(draw: st.DrawFn) -> tuple[str, str, str]:
+    """(date folder, type folder, file name): well formed names, or with one or two fields (or the number
+    of fields) wrong; mostly in their own folders."""
+    one = st.integers(0, len(_NAME_FIELDS)).map(lambda i: {i})
+    bad = draw(st.one_of(st.just(set()), one, one, st.sets(st.integers(0, len(_NAME_FIELDS)), max_size=2)))
+    fields = [draw(st.sampled_from(off if i in bad else ok)) for i, (ok, off) in enumerate(_NAME_FIELDS)]
+    if len(_NAME_FIELDS) in bad:  # six or eight fields
+        fields = draw(st.sampled_from([fields[:6], [*fields, "x"]]))
+    date = draw(st.sampled_from([fields[1]] * 4 + ["20240401", "-"])) or "-"
+    dtype = draw(st.sampled_from([fields[2]] * 4 + ["OML-11"])) or "OML-11"
+    return date, dtype, "_".join(fields)
+
+
+@needs_fast
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(_placed_names(), min_size=1, max_size=4),
+    st.sampled_from([PATIENT, PATIENT, PATIENT, "123/999/1234567"]),
+)
+def test_file_names_end_the_same_through_both_walks(names: list[tuple[str, str, str]], patient: str) -> None:
+    """Well formed or not, in its folders or not: every file ends as through the Python walk (which words
+    the reasons), and the compiled walk gives the fields exactly of the names the Python one takes."""
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as monkeypatch:
+        root = Path(tmp)
+        message = encode_message(make_message("OML-11", patient_id=PID))
+        write_tree(root, {f"{patient}/{date}/{dtype}/{name}": message for date, dtype, name in names})
+        outcomes = _both(root, monkeypatch)
+        entries = reader._fast_walk(str(root / patient), IN_SCOPE, reader.MAX_MESSAGE_BYTES)
+        assert entries is not None
+        for (date, dtype, name, *_, fields), o in zip(entries, outcomes, strict=True):
+            taken = o[2] is not None and not str(o[3]).startswith("wrong folder")
+            assert (fields is not None and patient == PATIENT) == taken, (date, dtype, name, o[3])
+            assert fields is None or fields == tuple(name.split("_"))
+
+
+@needs_fast
+def test_each_near_name_ends_the_same_through_both_walks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every near value of every field, alone in an otherwise good name in its own folders (the boundaries
+    the generated names above meet only now and then)."""
+    good = [ok[0] for ok, _ in _NAME_FIELDS]
+    names = ["_".join(good)]
+    for i, (ok, off) in enumerate(_NAME_FIELDS):
+        names += ["_".join([*good[:i], value, *good[i + 1 :]]) for value in ok[1:] + off]
+    message = encode_message(make_message("OML-11", patient_id=PID))
+    placed = {}
+    for name in names:
+        fields = name.split("_")
+        placed[f"{PATIENT}/{fields[1] or '-'}/{fields[2] or 'OML-11'}/{name}"] = message
+    write_tree(tmp_path, placed)
+    outcomes = _both(tmp_path, monkeypatch)
+    assert len(outcomes) == len(names)
+    taken = sorted(
+        o[0].rsplit("/", 1)[1] for o in outcomes if o[2] is not None and not o[3].startswith("wrong")
+    )
+    assert len(taken) == 1 + sum(len(ok) - 1 for ok, _ in _NAME_FIELDS)
