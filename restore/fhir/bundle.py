@@ -1433,15 +1433,10 @@ def encoded_bundle(
     as_of: date,
     window: ExportWindow = ExportWindow(),
     generated_at: datetime,
-    share: bool = False,
 ) -> Json:
     """:func:`patient_bundle` of records given as their encodings (:func:`hakobune.records.encode`), as a
-    restore database holds them: the same bundle, without making record objects (the export's hot path).
-    ValueError on bytes that are not a known record encoding.
-
-    ``share``: with the parts :func:`serialized_bundle` shares between bundles, for a caller that reads
-    the bundle or serializes it but never changes it (the offline viewer's summary; a part may be dropped
-    from the table at any time, but stays valid while the bundle holds it)."""
+    restore database holds them: the same bundle, without making record objects.  ValueError on bytes
+    that are not a known record encoding."""
     return _bundle(
         patient,
         map(orjson.loads, in_window(encoded, as_of=as_of, window=window)),
@@ -1450,7 +1445,6 @@ def encoded_bundle(
         as_of=as_of,
         window=window,
         generated_at=generated_at,
-        shared=_SHARED if share else None,
     )
 
 
@@ -1469,10 +1463,7 @@ def serialized_bundle(
     a code and a value (a lab result's coding, quantity, reference range …) are made once per process and
     shared between resources and bundles instead of being made again for each."""
     data, entries, _, _ = _serialized(
-        patient,
-        encoded,
-        _Export(hospital, hospital_name, as_of, window, generated_at),
-        readable=False,
+        patient, encoded, hospital, hospital_name, as_of, window, generated_at, readable=False
     )
     return data, entries
 
@@ -1491,38 +1482,30 @@ def readable_bundle(
     changes it (the offline viewer's summary): its dicts, with the parts shared between bundles, and,
     when the compiled lab section made the results section, that section's Observations as
     :data:`LabEntry` (its entries in the dicts are then serialized already); None when the dicts hold
-    them."""
-    return _serialized(
-        patient,
-        encoded,
-        _Export(hospital, hospital_name, as_of, window, generated_at),
-        readable=True,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class _Export:
-    """What an export gives every bundle."""
-
-    hospital: str
-    hospital_name: str
-    as_of: date
-    window: ExportWindow
-    generated_at: datetime
+    them.  (A shared part may be dropped from the table at any time, but stays valid while the bundle
+    holds it.)"""
+    return _serialized(patient, encoded, hospital, hospital_name, as_of, window, generated_at, readable=True)
 
 
 def _serialized(
-    patient: Patient, encoded: Iterable[bytes], export: _Export, *, readable: bool
+    patient: Patient,
+    encoded: Iterable[bytes],
+    hospital: str,
+    hospital_name: str,
+    as_of: date,
+    window: ExportWindow,
+    generated_at: datetime,
+    *,
+    readable: bool,
 ) -> tuple[bytes, int, Json, list[LabEntry] | None]:
     """The bytes, entries and dicts of a bundle (lab Observations serialized already unless ``readable``,
     or made by the compiled section: then also their :data:`LabEntry`)."""
-    hospital, as_of, window = export.hospital, export.as_of, export.window
     args: dict[str, Any] = {
         "hospital": hospital,
-        "hospital_name": export.hospital_name,
+        "hospital_name": hospital_name,
         "as_of": as_of,
         "window": window,
-        "generated_at": export.generated_at,
+        "generated_at": generated_at,
         "shared": _SHARED,
     }
     fast = fast_results

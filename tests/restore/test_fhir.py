@@ -41,7 +41,7 @@ from restore.fhir import ExportWindow, NdjsonWriter, dumps, patient_bundle, tran
 from restore.fhir import bundle as bundle_module
 from restore.fhir import codesystems as cs
 from restore.fhir import hospital_bundles as hospital_bundles_of
-from restore.fhir.bundle import encoded_bundle, in_window, make_id, serialized_bundle
+from restore.fhir.bundle import encoded_bundle, in_window, make_id, readable_bundle, serialized_bundle
 from restore.fhir.conformance import Packages, check_bundle, structure_problems
 from tests.conftest import make_message, ssmix_relpath, write_message
 from tests.pipeline import expected_state
@@ -434,9 +434,13 @@ def test_encoded_bundle_is_the_same_bundle(
             assert dumps(encoded) == expected
             data, entries = serialized_bundle(patient, [encode(r) for r in recs], **args)
             assert data == expected and entries == len(encoded["entry"])
-            shared = encoded_bundle(patient, [encode(r) for r in recs], share=True, **args)
-            assert shared == encoded and dumps(shared) == expected
-            kept.append((shared, expected))
+            for fast in (bundle_module.fast_results, None):  # (lab results made in C, or as dicts)
+                with monkeypatch.context() as m:
+                    m.setattr(bundle_module, "fast_results", fast)
+                    read = readable_bundle(patient, [encode(r) for r in recs], **args)
+                assert read[:2] == (data, entries) and dumps(read[2]) == expected
+                assert (read[3] is None) == (fast is None) and (fast is not None or read[2] == encoded)
+                kept.append((read[2], expected))
     assert 0 < len(bundle_module._SHARED) <= table_size
     # building later bundles changed no part an earlier one holds
     assert all(dumps(shared) == expected for shared, expected in kept)
