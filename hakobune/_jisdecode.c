@@ -164,6 +164,8 @@ walk(const unsigned char *p, Py_ssize_t n, Py_UCS2 *out, Py_ssize_t *marks, Py_s
 #define CACHE_SLOTS 16384
 #define CACHE_MAX_CHARS 48
 static PyObject *cache[CACHE_SLOTS];
+/* Fields looked up in the cache together (segment_fields). */
+#define FIELD_RUN 32
 
 static inline int
 same_text(PyObject *s, const Py_UCS2 *chars, Py_ssize_t len)
@@ -185,22 +187,13 @@ same_text(PyObject *s, const Py_UCS2 *chars, Py_ssize_t len)
     return kind == PyUnicode_2BYTE_KIND && memcmp(data, chars, (size_t)len * sizeof(Py_UCS2)) == 0;
 }
 
-/* A str of chars [a, b) of buf, in the narrowest kind that holds it. */
-static inline PyObject *
-slice(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b)
+/* The cache slot of the short field chars [a, b) (2 .. CACHE_MAX_CHARS characters): a multiply-xorshift
+ * hash over the UCS-2 units, four at a time (the slot's text is compared anyway: the hash only spreads the
+ * fields over the slots). */
+static inline Py_ssize_t
+slot_of(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b)
 {
     Py_ssize_t len = b - a;
-    if (len == 0) {
-        return Py_NewRef(empty_str);
-    }
-    if (len == 1) { /* a Latin-1 character is a CPython singleton already */
-        return PyUnicode_FromOrdinal(buf[a]);
-    }
-    if (len > CACHE_MAX_CHARS) {
-        return PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, buf + a, len);
-    }
-    /* A multiply-xorshift hash over the UCS-2 units, four at a time (the slot's text is compared anyway:
-     * the hash only spreads the fields over the slots). */
     const Py_UCS2 *u = buf + a;
     uint64_t h = (uint64_t)len * 0x9E3779B97F4A7C15ull, w;
     Py_ssize_t i = 0;
@@ -215,13 +208,37 @@ slice(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b)
     }
     h = (h ^ w) * 0xC4CEB9FE1A85EC53ull;
     h ^= h >> 32;
-    PyObject **slot = &cache[h & (CACHE_SLOTS - 1)];
-    if (*slot != NULL && same_text(*slot, buf + a, len)) {
-        return Py_NewRef(*slot);
+    return (Py_ssize_t)(h & (CACHE_SLOTS - 1));
+}
+
+static inline int
+cached_length(Py_ssize_t len)
+{
+    return len >= 2 && len <= CACHE_MAX_CHARS;
+}
+
+/* A str of chars [a, b) of buf, in the narrowest kind that holds it; ``slot``: its cache slot when
+ * cached_length(b - a). */
+static inline PyObject *
+slice(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b, Py_ssize_t slot)
+{
+    Py_ssize_t len = b - a;
+    if (len == 0) {
+        return Py_NewRef(empty_str);
+    }
+    if (len == 1) { /* a Latin-1 character is a CPython singleton already */
+        return PyUnicode_FromOrdinal(buf[a]);
+    }
+    if (!cached_length(len)) {
+        return PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, buf + a, len);
+    }
+    PyObject **at = &cache[slot];
+    if (*at != NULL && same_text(*at, buf + a, len)) {
+        return Py_NewRef(*at);
     }
     PyObject *s = PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, buf + a, len);
     if (s != NULL) {
-        Py_XSETREF(*slot, Py_NewRef(s));
+        Py_XSETREF(*at, Py_NewRef(s));
     }
     return s;
 }
@@ -242,19 +259,42 @@ segment_fields(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b, const Py_ssize_t 
     if (list == NULL) {
         return NULL;
     }
+    /* The cache's slots and strings lie all over memory, and looking one up is waiting for it: so, a run
+     * of fields at a time, the slots are found first and fetched, then the strings they hold, then each
+     * field is made (the waits overlap instead of following one another). */
     Py_ssize_t k = 0, start = a;
-    for (Py_ssize_t j = first; j <= last; j++) {
-        Py_ssize_t stop = j < last ? marks[j] : b;
-        PyObject *field = slice(buf, start, stop);
-        if (field == NULL) {
-            Py_DECREF(list);
-            return NULL;
+    for (Py_ssize_t j0 = first; j0 <= last; j0 += FIELD_RUN) {
+        Py_ssize_t j1 = j0 + FIELD_RUN - 1 < last ? j0 + FIELD_RUN - 1 : last;
+        Py_ssize_t slots[FIELD_RUN];
+        for (Py_ssize_t j = j0, from = start; j <= j1; j++) {
+            Py_ssize_t stop = j < last ? marks[j] : b;
+            slots[j - j0] = 0;
+            if (cached_length(stop - from)) {
+                slots[j - j0] = slot_of(buf, from, stop);
+                __builtin_prefetch(&cache[slots[j - j0]]);
+            }
+            from = stop + 1;
         }
-        PyList_SET_ITEM(list, k++, field);
-        if (is_msh && k == 1) {
-            PyList_SET_ITEM(list, k++, Py_NewRef(bar_str));
+        for (Py_ssize_t j = j0, from = start; j <= j1; j++) {
+            Py_ssize_t stop = j < last ? marks[j] : b;
+            if (cached_length(stop - from) && cache[slots[j - j0]] != NULL) {
+                __builtin_prefetch(cache[slots[j - j0]]);
+            }
+            from = stop + 1;
         }
-        start = stop + 1;
+        for (Py_ssize_t j = j0; j <= j1; j++) {
+            Py_ssize_t stop = j < last ? marks[j] : b;
+            PyObject *field = slice(buf, start, stop, slots[j - j0]);
+            if (field == NULL) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            PyList_SET_ITEM(list, k++, field);
+            if (is_msh && k == 1) {
+                PyList_SET_ITEM(list, k++, Py_NewRef(bar_str));
+            }
+            start = stop + 1;
+        }
     }
     for (; k < PyList_GET_SIZE(list); k++) {
         PyList_SET_ITEM(list, k, Py_NewRef(empty_str));
