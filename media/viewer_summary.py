@@ -58,18 +58,24 @@ def parse_bundle(data: bytes) -> Json:
     with the json module, decimals as :class:`~decimal.Decimal`.  Bundles from ``restore.fhir`` are
     compact orjson output: only those with a number such as ``6.70`` take the second parse."""
     try:
-        doc = orjson.loads(data)
-        exact = orjson.dumps(doc) == data
-    except (ValueError, TypeError):  # (orjson's errors subclass these)
-        exact = False
-    if not exact:
-        try:
-            doc = json.loads(data, parse_float=Decimal)
-        except (ValueError, UnicodeDecodeError):
-            raise SummaryError("not JSON") from None
+        doc = _loads_exact(data)
+    except ValueError:  # (UnicodeDecodeError too)
+        raise SummaryError("not JSON") from None
     if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle" or doc.get("type") != "document":
         raise SummaryError("not a FHIR document Bundle")
     return doc
+
+
+def _loads_exact(data: bytes) -> Any:
+    """JSON read as :func:`parse_bundle` reads it: orjson's value when writing it back gives the very
+    bytes, else the json module's, decimals as :class:`~decimal.Decimal` (ValueError: not JSON)."""
+    try:
+        value = orjson.loads(data)
+        if orjson.dumps(value) == data:
+            return value
+    except (ValueError, TypeError):  # (orjson's errors subclass these)
+        pass
+    return json.loads(data, parse_float=Decimal)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -386,13 +392,7 @@ def _fast_labs(entries: list[LabEntry]) -> list[Json]:
 @lru_cache(maxsize=4096)
 def _number_text(number: bytes) -> str:
     """A number's JSON as :func:`_s` shows it once :func:`parse_bundle` has read it."""
-    return _s(_read_number(number))
-
-
-def _read_number(data: bytes) -> Any:
-    """A JSON value read as :func:`parse_bundle` reads it (numbers kept as written)."""
-    value = orjson.loads(data)
-    return value if orjson.dumps(value) == data else json.loads(data, parse_float=Decimal)
+    return _s(_loads_exact(number))
 
 
 def _grouped_labs(rows: Iterable[LabRow]) -> list[Json]:
