@@ -25,6 +25,7 @@ from agent.ssmix2.layout import (
     iter_patient_dirs,
     iter_patient_files,
     parse_name,
+    patient_folder,
 )
 from agent.ssmix2.mapping import MissingSegment, to_records
 from agent.ssmix2.message import parse
@@ -132,10 +133,9 @@ def _fetch_patient_fast(root: str, patient_rel: str) -> list[Fetched] | None:
     if entries is None:
         return None
     head = tuple(patient_rel.split("/"))
-    pid = head[-1]
     # the walk gives a name's fields when it is well formed and its folders are its patient's, date's and
     # type's: then this folder must be the patient's too (else _name_checks words the reason)
-    placed = len(head) == 3 and head[0] == pid[0:3] and head[1] == pid[3:6]
+    placed = patient_rel == patient_folder(head[-1])
     fetched: list[Fetched] = []
     for date, dtype, file_name, raw, size, mtime_ns, fields in entries:
         out = FileOutcome(
