@@ -217,8 +217,8 @@ cached_length(Py_ssize_t len)
     return len >= 2 && len <= CACHE_MAX_CHARS;
 }
 
-/* A str of chars [a, b) of buf, in the narrowest kind that holds it; ``slot``: its cache slot when
- * cached_length(b - a). */
+/* A str of chars [a, b) of buf, in the narrowest kind that holds it; ``slot``: its cache slot (slot_of)
+ * when cached_length(b - a). */
 static inline PyObject *
 slice(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b, Py_ssize_t slot)
 {
@@ -264,27 +264,23 @@ segment_fields(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b, const Py_ssize_t 
      * field is made (the waits overlap instead of following one another). */
     Py_ssize_t k = 0, start = a;
     for (Py_ssize_t j0 = first; j0 <= last; j0 += FIELD_RUN) {
-        Py_ssize_t j1 = j0 + FIELD_RUN - 1 < last ? j0 + FIELD_RUN - 1 : last;
-        Py_ssize_t slots[FIELD_RUN];
-        for (Py_ssize_t j = j0, from = start; j <= j1; j++) {
-            Py_ssize_t stop = j < last ? marks[j] : b;
-            slots[j - j0] = 0;
-            if (cached_length(stop - from)) {
-                slots[j - j0] = slot_of(buf, from, stop);
-                __builtin_prefetch(&cache[slots[j - j0]]);
+        Py_ssize_t n = (last - j0 + 1 < FIELD_RUN ? last - j0 + 1 : FIELD_RUN);
+        Py_ssize_t stops[FIELD_RUN], slots[FIELD_RUN]; /* each field's end, its cache slot or -1 */
+        for (Py_ssize_t i = 0, from = start; i < n; i++) {
+            stops[i] = j0 + i < last ? marks[j0 + i] : b;
+            slots[i] = cached_length(stops[i] - from) ? slot_of(buf, from, stops[i]) : -1;
+            if (slots[i] >= 0) {
+                __builtin_prefetch(&cache[slots[i]]);
             }
-            from = stop + 1;
+            from = stops[i] + 1;
         }
-        for (Py_ssize_t j = j0, from = start; j <= j1; j++) {
-            Py_ssize_t stop = j < last ? marks[j] : b;
-            if (cached_length(stop - from) && cache[slots[j - j0]] != NULL) {
-                __builtin_prefetch(cache[slots[j - j0]]);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (slots[i] >= 0 && cache[slots[i]] != NULL) {
+                __builtin_prefetch(cache[slots[i]]);
             }
-            from = stop + 1;
         }
-        for (Py_ssize_t j = j0; j <= j1; j++) {
-            Py_ssize_t stop = j < last ? marks[j] : b;
-            PyObject *field = slice(buf, start, stop, slots[j - j0]);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *field = slice(buf, start, stops[i], slots[i]);
             if (field == NULL) {
                 Py_DECREF(list);
                 return NULL;
@@ -293,7 +289,7 @@ segment_fields(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b, const Py_ssize_t 
             if (is_msh && k == 1) {
                 PyList_SET_ITEM(list, k++, Py_NewRef(bar_str));
             }
-            start = stop + 1;
+            start = stops[i] + 1;
         }
     }
     for (; k < PyList_GET_SIZE(list); k++) {
