@@ -7,14 +7,15 @@ Uses the cached synthetic hospital and restore folder of bench/restore_export.py
 missing) and measures, each with peak RSS (1, 2: this process's high-water mark; 3: with its children):
 
 1. the disk writer over already-built bundles (the release's NDJSON, cached, read straight into the
-   writer's segment buffers): cut, seal, hash, write, fsync, manifest, against ``cp`` of the same file
-   plus ``sync`` of the copy, with the CPU time of each of the writer's threads; then fed bundle by
+   writer's block buffers): cut, compress, seal, hash, write, fsync, manifest, against ``cp`` of the
+   same file plus ``sync`` of the copy, with the CPU time of each of the writer's threads; then fed bundle by
    bundle, as ``media write`` feeds it (``DiskWriter.add`` of each bundle as restore.export hands it
    over, the bundles split into objects before the clock starts), (1b) without the offline viewer,
    (1c) with it, parsing and summarizing each bundle, and (1d) with it given each bundle's summary, as
    ``media write`` gives it (made by the export's workers; here before the clock starts), each against
    the same ``cp`` (``media write`` writes the viewer unless ``--no-viewer``);
-2. ``media verify`` of that disk (signature, every file's SHA-256) against the same ``cp``;
+2. ``media verify`` of that disk (signature, every file's SHA-256) against the same ``cp``: the release's
+   size over the time to verify it (the disk holds it compressed), and the disk's bytes read a second;
 3. the whole ``media write`` path: bundles built from the restore database (process pool, each bundle
    summarized for the viewer where it is built), the disk writer and the offline viewer; ``--as-of``
    as in bench/restore_export.py (``data``: the synthetic data's last day, full summaries), and with
@@ -338,8 +339,9 @@ def main() -> None:
     used = (cpu_seconds() - c0) / args.runs
     s, cold = min(times), report.bytes / times[0] / 1e6
     print(
-        f"(2) verify: {mb(report.bytes)} in {s:.2f} s, {report.bytes / s / 1e6:,.0f} MB/s = "
-        f"{report.bytes / s / cp_rate:.0%} of cp (first run, cold: {cold:,.0f} MB/s); "
+        f"(2) verify: the {mb(size)} release ({mb(report.bytes)} on the disk, compressed) in {s:.3f} s = "
+        f"{size / s / 1e6:,.0f} MB/s of the release = {size / s / cp_rate:.0%} of cp; the disk's bytes read "
+        f"and hashed at {report.bytes / s / 1e6:,.0f} MB/s (first run, cold: {cold:,.0f} MB/s); "
         f"CPU {used:.2f} s a run; peak RSS {mb(rss2.peak)}"
     )
     shutil.rmtree(disk)

@@ -1,4 +1,4 @@
-"""The keys of a helicopter disk (format ``hakobune-media/1``), shared by the disk writer, ``media open`` and
+"""The keys of a helicopter disk (format ``hakobune-media/2``), shared by the disk writer, ``media open`` and
 the offline viewer (which repeats exactly these steps with WebCrypto, so every choice here is one a browser
 can make).
 
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from hakobune.keys import RecipientPrivateKey, RecipientPublicKey
 
-FORMAT = "hakobune-media/1"
+FORMAT = "hakobune-media/2"
 LABEL = "hakobune-media-v1"
 #: OWASP's 2023 figure for PBKDF2-HMAC-SHA256; a browser derives it in well under a second.
 PBKDF2_ITERATIONS = 600_000

@@ -3,7 +3,7 @@ volume; docs/media.md has the fields and a worked example).
 
 ``manifest.json`` is canonical JSON (keys sorted, no whitespace, UTF-8): what the disk is (disk id, order,
 hospital, recipient, creation time), how its key is wrapped (to the recipient's public key and to the
-passphrase), its logical files (plaintext size, segment size, parts) and every file of every
+passphrase), its logical files (size, compressed size, segment size, parts) and every file of every
 volume with its size and SHA-256 (BagIt-style), except ``manifest.json`` and ``manifest.sig`` themselves.
 
 ``manifest.sig`` is canonical JSON ``{"alg": "Ed25519", "key_fingerprint", "signature"}``: the center's
@@ -32,6 +32,8 @@ SIGNATURE_NAME = "manifest.sig"
 SIGN_CONTEXT = b"hakobune-media-manifest/v1\n"
 PAYLOAD_NAME = "bundles.ndjson"
 STREAM_SCHEME = "AES-256-GCM-STREAM"
+#: The payload is compressed before it is sealed: zstd frames (RFC 8878), one after another.
+COMPRESSION_SCHEME = "zstd"
 #: A file name on the disk: plain relative paths only (no '..', no hidden names, no backslashes).
 _PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,7}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -75,12 +77,14 @@ class PartEntry:
 
 @dataclass(frozen=True)
 class LogicalFile:
-    """A file as ``media open`` rebuilds it: the plaintext's size and its sealed parts.  (No plaintext
-    hash: the parts' hashes are signed, and every segment of the stream is authenticated, in order, up to
-    the flagged last one, so the plaintext is as the writer sealed it or it does not decrypt.)"""
+    """A file as ``media open`` rebuilds it: its size, the size of its zstd frames (the stream that is
+    sealed) and the sealed parts.  (No plaintext hash: the parts' hashes are signed, and every segment of
+    the stream is authenticated, in order, up to the flagged last one, so the plaintext is as the writer
+    sealed it or it does not decrypt.)"""
 
     name: str
     size: int
+    compressed_size: int
     segment_size: int
     parts: tuple[PartEntry, ...]
 
@@ -89,6 +93,7 @@ class LogicalFile:
             "name": self.name,
             "media_type": "application/fhir+ndjson",
             "size": self.size,
+            "compression": {"scheme": COMPRESSION_SCHEME, "size": self.compressed_size},
             "encryption": {"scheme": STREAM_SCHEME, "segment_size": self.segment_size},
             "parts": [p.doc() for p in self.parts],
         }
@@ -147,6 +152,7 @@ class Manifest:
             LogicalFile(
                 f["name"],
                 f["size"],
+                f["compression"]["size"],
                 f["encryption"]["segment_size"],
                 tuple(PartEntry(p["path"], p["volume"], p["size"], p["sha256"]) for p in f["parts"]),
             )
@@ -311,8 +317,12 @@ def _check(doc: Any) -> None:
     if not isinstance(files, list) or [f.get("name") for f in files if isinstance(f, dict)] != [PAYLOAD_NAME]:
         raise ValueError(f"files: expected exactly one logical file {PAYLOAD_NAME}")
     for f in files:
-        fd = _dict(f, "files[]", {"name", "size", "encryption", "parts"})
+        fd = _dict(f, "files[]", {"name", "size", "compression", "encryption", "parts"})
         _int(fd["size"], "files[].size")
+        comp = _dict(fd["compression"], "files[].compression", {"scheme", "size"})
+        if comp["scheme"] != COMPRESSION_SCHEME:
+            raise ValueError("files[].compression: unknown scheme")
+        _int(comp["size"], "files[].compression.size")
         enc = _dict(fd["encryption"], "files[].encryption", {"scheme", "segment_size"})
         if enc["scheme"] != STREAM_SCHEME:
             raise ValueError("files[].encryption: unknown scheme")

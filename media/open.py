@@ -2,11 +2,12 @@
 
 Nothing is decrypted from a disk that does not verify completely (:func:`media.verify.verify_disk`).  The
 disk key is then unwrapped with the recipient hospital's private key or with the passphrase; a wrong one
-is one clear line and nothing is written.  The payload is decrypted streaming, part after part, into a
-temporary folder beside ``OUT``: ``bundles.ndjson`` (as it was written) and ``fhir/<patient-id>.json``
-(one document Bundle per patient, named by the Patient's identifier).  Every segment must authenticate,
-in order, ending with the last one (:mod:`media.stream`), and the plaintext's size and number of bundles
-must match the manifest; only then is the folder renamed to ``OUT``.
+is one clear line and nothing is written.  The payload is decrypted and decompressed streaming, part
+after part, into a temporary folder beside ``OUT``: ``bundles.ndjson`` (as it was written) and
+``fhir/<patient-id>.json`` (one document Bundle per patient, named by the Patient's identifier).  Every
+segment must authenticate, in order, ending with the last one (:mod:`media.stream`), the zstd frames must
+end with it, and the sizes (compressed and not) and number of bundles must match the manifest; only then
+is the folder renamed to ``OUT``.
 """
 
 from __future__ import annotations
@@ -16,19 +17,20 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import orjson
+import zstandard
 
 from hakobune.audit import record as audit_record
 from hakobune.durable import fsync_dir
 from hakobune.errors import HakobuneError, InputError
 from hakobune.keys import RecipientPrivateKey
 from media.crypto import WrongPassphrase, subkey, unwrap_passphrase, unwrap_recipient
-from media.manifest import Manifest, TrustAnchor
+from media.manifest import LogicalFile, Manifest, TrustAnchor
 from media.stream import StreamDecryptor, StreamError
 from media.verify import VerifyReport, verify_disk
 from media.volumes import check_out_folder
@@ -158,34 +160,80 @@ class _BundleFiles:
             raise StreamError("the payload does not end with a complete line")
 
 
+class _Sealed:
+    """The sealed stream of one logical file, decrypted part after part, as a source to read the zstd
+    frames from (``read``).  It ends with the stream's last segment: ``done`` once that authenticated."""
+
+    def __init__(
+        self, lf: LogicalFile, roots: dict[int, Path], dec: StreamDecryptor, advance: Callable[[int], None]
+    ) -> None:
+        self._pieces = self._decrypted(lf, roots, dec, advance)
+        self._pending = b""
+        self.size = 0
+        self.done = False
+
+    def _decrypted(
+        self, lf: LogicalFile, roots: dict[int, Path], dec: StreamDecryptor, advance: Callable[[int], None]
+    ) -> Iterator[bytes]:
+        buf = bytearray(READ_SIZE)
+        view = memoryview(buf)
+        for part in lf.parts:
+            with open(roots[part.volume] / part.path, "rb", buffering=0) as f:
+                while n := f.readinto(view):
+                    yield dec.update(view[:n].tobytes())
+                    advance(n)
+        yield dec.finish()
+        self.done = True
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._pending:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return b""
+            self._pending = piece
+        if 0 <= n < len(self._pending):
+            out, self._pending = self._pending[:n], self._pending[n:]
+        else:
+            out, self._pending = self._pending, b""
+        self.size += len(out)
+        return out
+
+
 def _decrypt(
     manifest: Manifest, roots: dict[int, Path], disk_key: bytes, tmp: Path, advance: Callable[[int], None]
 ) -> tuple[int, int]:
-    """Decrypt every logical file into ``tmp``; the number of bundles and of those named by position."""
+    """Decrypt and decompress every logical file into ``tmp``; the number of bundles and of those named
+    by position."""
     bundles = _BundleFiles(tmp / "fhir")
     bundles.folder.mkdir(mode=0o700)
-    buf = bytearray(READ_SIZE)
-    view = memoryview(buf)
     for lf in manifest.logical_files:
         dec = StreamDecryptor(subkey(disk_key, manifest.disk_id, f"file {lf.name}"), lf.name, lf.segment_size)
+        sealed = _Sealed(lf, roots, dec, advance)
         size = 0
         with open(tmp / lf.name, "xb") as out:
-
-            def take(plain: bytes, out: Any = out) -> None:
-                nonlocal size
-                if plain:
-                    out.write(plain)
-                    size += len(plain)
-                    bundles.feed(plain)
-
-            for part in lf.parts:
-                with open(roots[part.volume] / part.path, "rb", buffering=0) as f:
-                    while n := f.readinto(view):
-                        take(dec.update(view[:n].tobytes()))
-                        advance(n)
-            take(dec.finish())
+            try:
+                with zstandard.ZstdDecompressor().stream_reader(
+                    cast(IO[bytes], sealed),  # (it only calls read)
+                    read_size=READ_SIZE,
+                    read_across_frames=True,
+                    closefd=False,
+                ) as frames:
+                    while plain := frames.read(READ_SIZE):
+                        size += len(plain)
+                        if size > lf.size:
+                            raise StreamError(f"{lf.name}: more than the {lf.size} bytes the manifest says")
+                        out.write(plain)
+                        bundles.feed(plain)
+            except zstandard.ZstdError as e:
+                raise StreamError(f"{lf.name}: the payload does not decompress ({e})") from None
+            if sealed.read(1) or not sealed.done:
+                raise StreamError(f"{lf.name}: data after the last zstd frame")
             out.flush()
             os.fsync(out.fileno())
+        if sealed.size != lf.compressed_size:
+            raise StreamError(
+                f"{lf.name}: {sealed.size} compressed bytes decrypted, the manifest says {lf.compressed_size}"
+            )
         if size != lf.size:
             raise StreamError(f"{lf.name}: {size} bytes decrypted, the manifest says {lf.size}")
     bundles.finish()

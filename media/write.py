@@ -27,9 +27,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
@@ -62,7 +60,8 @@ from media.manifest import (
     check_path,
     sign,
 )
-from media.stream import SEGMENT_SIZE, TAG_BYTES, SegmentSealer, check_segment_size
+from media.pipeline import Compressor, Readable, SealPipeline, count_newlines
+from media.stream import SEGMENT_SIZE, SegmentSealer, check_segment_size
 from media.viewer_summary import Stored, stored_summary
 from media.volumes import (
     BAG_MANIFEST,
@@ -161,176 +160,6 @@ def new_disk_id() -> str:
     return "HKD-" + "-".join(h[i : i + 4] for i in range(0, 16, 4))
 
 
-#: Plaintext segment buffers: the caller fills one while the others wait to be sealed.
-PLAIN_SLOTS = 3
-#: Ciphertext segment buffers (page-aligned), this much in all (eight with 4 MiB segments): each holds a
-#: sealed segment until the disk has it.  While the disk takes one batch of them, the next piles up and
-#: goes out in one write (media.volumes): room for two batches.
-SEALED_MEMORY = 32 << 20
-
-#: What takes each sealed segment, in order: it may go on reading its argument until the writes it
-#: returns are done (None: it is done with it when it returns).
-Sink = Callable[[memoryview], Iterable[Future[None]] | None]
-
-
-class Readable(Protocol):
-    """A file opened for reading without Python's buffer (``open(path, "rb", buffering=0)``)."""
-
-    def readinto(self, buffer: memoryview, /) -> int | None: ...
-
-
-class _SealPipeline:
-    """Cut a byte stream into segments and seal them with bounded memory, on both cores.  The caller's
-    bytes are copied once, into a plaintext buffer (or read from a file straight into it: :meth:`read`);
-    a sealing thread encrypts each segment into a page-aligned ciphertext buffer (``encrypt_into``
-    releases the GIL) and a hashing thread hands that, in order, to ``sink`` (the parts writer hashes it
-    and queues it for the disk from that very buffer, without a copy).  A segment is sealed once more
-    bytes follow it (or at :meth:`finish`, as the last one).
-
-    Both kinds of buffer are used round-robin.  A plaintext buffer is filled again once its segment is
-    sealed; a ciphertext buffer is sealed into again once ``sink`` has returned for it and the writes it
-    returned are done.  So the caller is never more than ``sealed`` segments (ciphertext buffers; by
-    default :data:`SEALED_MEMORY`'s worth) ahead of the disk, and an error in any thread reaches it there
-    (:meth:`_wait_plain`, :meth:`_wait_sealed`), at the latest in :meth:`finish`."""
-
-    def __init__(
-        self, sealer: SegmentSealer, sink: Sink, *, plain: int = PLAIN_SLOTS, sealed: int | None = None
-    ) -> None:
-        self._sealer = sealer
-        self._sink = sink
-        self._seg = seg = sealer.segment_size
-        stride = -(-(seg + TAG_BYTES) // mmap.PAGESIZE) * mmap.PAGESIZE  # each starts on a page
-        if sealed is None:  # (at most 32: the small segments of tests need no more)
-            sealed = min(32, SEALED_MEMORY // stride)
-        self._memory = memory = mmap.mmap(-1, stride * max(2, sealed))
-        self._sealed = [memoryview(memory)[i : i + seg + TAG_BYTES] for i in range(0, len(memory), stride)]
-        self._plains = [bytearray(seg) for _ in range(max(2, plain))]
-        #: The sealing of each plaintext buffer's segment; the hashing of each ciphertext buffer's, which
-        #: returns the writes still reading it.
-        self._sealing: list[Future[None] | None] = [None] * len(self._plains)
-        self._storing: list[Future[Iterable[Future[None]] | None] | None] = [None] * len(self._sealed)
-        self._p = self._s = 0
-        self._plain = self._plains[0]
-        self._fill = 0
-        self._index = 0
-        self.size = 0
-        self._sealer_thread = ThreadPoolExecutor(1, thread_name_prefix="media-seal")
-        self._hasher_thread = ThreadPoolExecutor(1, thread_name_prefix="media-hash")
-
-    def write(self, data: bytes | bytearray | memoryview | mmap.mmap) -> None:
-        n, fill = len(data), self._fill
-        if fill + n <= self._seg:  # the common case: a bundle fits in the current segment
-            self._plain[fill : fill + n] = data
-            self._fill = fill + n
-            self.size += n
-            return
-        view = memoryview(data)
-        while view:
-            if self._fill == self._seg:  # full, and more follows: not the last segment
-                self._emit(last=False)
-            take = min(self._seg - self._fill, len(view))
-            self._plain[self._fill : self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-        self.size += n
-
-    def line(self, data: bytes) -> None:
-        """``data`` and a newline (one bundle of the NDJSON payload)."""
-        n, fill = len(data), self._fill
-        if fill + n < self._seg:
-            plain = self._plain
-            plain[fill : fill + n] = data
-            plain[fill + n] = 10  # b"\n"
-            self._fill = fill + n + 1
-            self.size += n + 1
-        else:
-            self.write(data)
-            self.write(b"\n")
-
-    def read(self, f: Readable) -> Iterator[tuple[bytearray, int, int]]:
-        """Read ``f`` to its end straight into the segment buffers (``readinto`` releases the GIL; no copy
-        but the kernel's).  Yields each piece read as ``(buffer, start, end)``, for the caller to look at
-        (count its lines) before the next read, which may hand the buffer on."""
-        while True:
-            if self._fill == self._seg:
-                self._emit(last=False)
-            plain, fill = self._plain, self._fill
-            n = f.readinto(memoryview(plain)[fill:])
-            if not n:
-                return
-            self._fill = fill + n
-            self.size += n
-            yield plain, fill, fill + n
-
-    def _emit(self, *, last: bool) -> None:
-        """Seal and hand on the current segment in the threads; move to the next plaintext buffer once
-        its segment is sealed."""
-        p, s, size = self._p, self._s, self._fill
-        self._wait_sealed(s)  # its last segment is on the disk: it may be sealed into again
-        out = self._sealed[s][: size + TAG_BYTES]
-        sealing = self._sealer_thread.submit(
-            self._sealer.seal_into, self._index, memoryview(self._plains[p])[:size], out, last
-        )
-        self._sealing[p] = sealing
-        self._storing[s] = self._hasher_thread.submit(self._store, sealing, out)
-        self._index += 1
-        self._s = (s + 1) % len(self._sealed)
-        self._p = p = (p + 1) % len(self._plains)
-        self._wait_plain(p)
-        self._plain, self._fill = self._plains[p], 0
-
-    def _store(self, sealing: Future[None], ciphertext: memoryview) -> Iterable[Future[None]] | None:
-        sealing.result()
-        return self._sink(ciphertext)
-
-    def _wait_plain(self, p: int) -> None:
-        """Until plaintext buffer ``p``'s segment is sealed (raising what sealing it raised)."""
-        pending, self._sealing[p] = self._sealing[p], None
-        if pending is not None:
-            pending.result()
-
-    def _wait_sealed(self, s: int) -> None:
-        """Until ciphertext buffer ``s``'s segment is written (raising what sealing, hashing or writing
-        it raised)."""
-        pending, self._storing[s] = self._storing[s], None
-        if pending is not None:
-            for write in pending.result() or ():
-                write.result()
-
-    def finish(self) -> int:
-        """Seal the rest as the last segment (possibly empty), wait for everything; the plaintext size."""
-        try:
-            self._emit(last=True)
-            for i in range(len(self._sealed)):  # in order: the first error is the earliest segment's
-                self._wait_sealed((self._s + i) % len(self._sealed))
-        finally:
-            self._shutdown()
-        return self.size
-
-    def _shutdown(self) -> None:
-        for pool in (self._sealer_thread, self._hasher_thread):
-            pool.shutdown(wait=True, cancel_futures=True)
-        for view in self._sealed:
-            view.release()
-        with suppress(BufferError):  # (a write still reading it: the memory goes with the last view)
-            self._memory.close()
-
-    def abort(self) -> None:
-        self._shutdown()
-        self._sealing = [None] * len(self._plains)
-        self._storing = [None] * len(self._sealed)
-
-
-def _newlines(data: bytes | bytearray | mmap.mmap, start: int, end: int) -> int:
-    """The newlines in ``data[start:end]``, without a copy (``find`` is memchr: with lines of kilobytes
-    much faster than ``count``)."""
-    n, i = 0, data.find(b"\n", start, end)
-    while i >= 0:
-        n += 1
-        i = data.find(b"\n", i + 1, end)
-    return n
-
-
 def _write_small(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -400,8 +229,9 @@ class DiskWriter:
         sealer = SegmentSealer(
             subkey(disk_key, info.disk_id, f"file {PAYLOAD_NAME}"), PAYLOAD_NAME, segment_size
         )
-        # Each sealed segment is hashed into its part and lent to the writes, from where it was sealed.
-        self._pipeline = _SealPipeline(sealer, partial(self._parts.write, aligned=True))
+        # The bundles are compressed; each sealed segment of that is hashed into its part and lent to
+        # the writes, from where it was sealed.
+        self._pipeline = Compressor(SealPipeline(sealer, partial(self._parts.write, aligned=True)))
         self._segment_size = segment_size
         try:
             self._viewer = viewer(self.layout.root(1)) if viewer is not None else None
@@ -430,7 +260,7 @@ class DiskWriter:
         if not data:
             return
         self._pipeline.write(data)
-        self.patients += _newlines(data, 0, len(data))
+        self.patients += count_newlines(data, 0, len(data))
         self._open_line = data[-1] != 0x0A
 
     def add_ndjson_file(self, f: Readable) -> None:
@@ -439,7 +269,7 @@ class DiskWriter:
         self._check_no_viewer()
         lines, last = 0, -1
         for buf, start, end in self._pipeline.read(f):
-            lines += _newlines(buf, start, end)
+            lines += count_newlines(buf, start, end)
             last = buf[end - 1]
         self.patients += lines
         if last >= 0:
@@ -572,6 +402,7 @@ class DiskWriter:
         logical = LogicalFile(
             PAYLOAD_NAME,
             self._pipeline.size,
+            self._pipeline.out.size,
             self._segment_size,
             tuple(PartEntry(p.path, p.volume, p.size, p.sha256) for p in sorted(plan, key=lambda p: p.index)),
         )

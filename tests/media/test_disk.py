@@ -22,7 +22,7 @@ from hakobune.keys import RecipientPrivateKey, SigningKey, load_recipient_privat
 from media.manifest import MANIFEST_NAME, SIGNATURE_NAME, TrustAnchor, canonical, parse_manifest, sign
 from media.open import DiskRejected, open_disk
 from media.verify import VerifyReport, verify_disk
-from media.volumes import VOLUME_LABEL
+from media.volumes import MIN_VOLUME_SIZE, VOLUME_LABEL
 from media.write import WriteOutcome, write_release
 from restore.database import RestoreDB
 from restore.export import BundleExporter
@@ -32,8 +32,6 @@ from tests.media.conftest import TEST_ITERATIONS, Released, viewer_available
 pytestmark = pytest.mark.integration
 
 SEGMENT = 4096  # many segments even in a small disk
-MAX_VOLUME = 100_000
-PART = 10_000
 
 
 @dataclass
@@ -43,6 +41,8 @@ class Disks:
     other_single: Path
     other_multi: Path
     outcome: dict[str, WriteOutcome]
+    max_volume: int
+    part: int
 
 
 def _write(w: Released, out: Path, **kw: object) -> WriteOutcome:
@@ -65,15 +65,26 @@ def _write(w: Released, out: Path, **kw: object) -> WriteOutcome:
 @pytest.fixture(scope="module")
 def disks(released: Released, tmp_path_factory: pytest.TempPathFactory) -> Disks:
     root = tmp_path_factory.mktemp("disks")
-    out: dict[str, WriteOutcome] = {}
+    out = {"single": _write(released, root / "single", part_size=40_000)}
+    # the multi-volume disks: volume 1 has room for the viewer, the labels and two thirds of the
+    # compressed payload, in parts of an eighth of it
+    m = parse_manifest((root / "single" / MANIFEST_NAME).read_bytes(), "single")
+    (payload,) = m.logical_files
+    own = m.payload_bytes - sum(p.size for p in payload.parts) + len(m.raw) + 200
+    max_volume, part = (
+        max(MIN_VOLUME_SIZE, own + payload.compressed_size * 2 // 3),
+        payload.compressed_size // 8,
+    )
+    assert max_volume < own + payload.compressed_size, "the release is too small to need two volumes"
     for name, kw in (
-        ("single", {"part_size": 40_000}),
-        ("multi", {"max_volume": MAX_VOLUME, "part_size": PART}),
+        ("multi", {"max_volume": max_volume, "part_size": part}),
         ("other_single", {"part_size": 40_000}),
-        ("other_multi", {"max_volume": MAX_VOLUME, "part_size": PART}),
+        ("other_multi", {"max_volume": max_volume, "part_size": part}),
     ):
         out[name] = _write(released, root / name, **kw)
-    return Disks(root / "single", root / "multi", root / "other_single", root / "other_multi", out)
+    return Disks(
+        root / "single", root / "multi", root / "other_single", root / "other_multi", out, max_volume, part
+    )
 
 
 @pytest.fixture
@@ -125,14 +136,14 @@ def test_the_multi_volume_disk_respects_every_limit(disks: Disks, anchor: TrustA
     assert manifest.volume_count == m
     for n, root in enumerate(roots, 1):
         files = [p for p in root.rglob("*") if p.is_file()]
-        assert sum(p.stat().st_size for p in files) <= MAX_VOLUME, f"volume {n} is over --max-volume"
+        assert sum(p.stat().st_size for p in files) <= disks.max_volume, f"volume {n} is over --max-volume"
         label = (root / VOLUME_LABEL).read_text(encoding="utf-8")
         assert f"volume {n} of {m}" in label and f"全{m}巻中 第{n}巻" in label
         assert (root / MANIFEST_NAME).read_bytes() == manifest.raw
         assert (root / SIGNATURE_NAME).read_bytes() == (roots[0] / SIGNATURE_NAME).read_bytes()
     (payload,) = manifest.logical_files
     assert [p.path for p in payload.parts] == sorted(p.path for p in payload.parts)
-    assert all(p.size <= PART for p in payload.parts) and len(payload.parts) > m
+    assert all(p.size <= disks.part for p in payload.parts) and len(payload.parts) > m
     for p in payload.parts:  # every part is where the manifest says, and nowhere else
         assert (roots[p.volume - 1] / p.path).is_file()
         assert sum((r / p.path).exists() for r in roots) == 1

@@ -4,6 +4,7 @@ another logical name."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import random
@@ -12,9 +13,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from media.pipeline import Compressor, SealPipeline
 from media.stream import (
     TAG_BYTES,
     SegmentSealer,
@@ -158,10 +161,8 @@ def test_misuse_is_refused() -> None:
 def test_the_writers_threaded_pipeline_seals_exactly_as_the_stream_encryptor(
     data: bytes, cuts: list[int], depth: int
 ) -> None:
-    from media.write import _SealPipeline
-
     out: list[bytes] = []
-    pipeline = _SealPipeline(
+    pipeline = SealPipeline(
         SegmentSealer(KEY, NAME, SEG), lambda b: out.append(bytes(b)), plain=depth, sealed=6 - depth
     )
     for piece in _split(data, cuts):
@@ -171,12 +172,96 @@ def test_the_writers_threaded_pipeline_seals_exactly_as_the_stream_encryptor(
     assert [len(c) for c in out[:-1]] == [SEG + TAG_BYTES] * (len(out) - 1)
 
 
+BLOCK = 48  # compressed blocks smaller than a segment, and larger
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """The zstd frames of a compressed stream, each checked to hold at most :data:`BLOCK` bytes."""
+    frames = []
+    while data:
+        size = zstandard.frame_content_size(data)
+        assert 0 < size <= BLOCK
+        dctx = zstandard.ZstdDecompressor().decompressobj()
+        out = dctx.decompress(data)
+        assert len(out) == size
+        rest = dctx.unused_data
+        frames.append(data[: len(data) - len(rest)])
+        data = rest
+    return frames
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.one_of(plaintexts, st.lists(st.sampled_from([b"{}", b"\n", b"abc", b"x" * 30])).map(b"".join)),
+    st.lists(st.integers(0, 6 * SEG + 7), max_size=8),
+    st.integers(1, 3),
+)
+def test_the_compressor_makes_one_frame_a_block_in_order_whatever_the_pieces(
+    data: bytes, cuts: list[int], threads: int
+) -> None:
+    """Blocks compressed by several threads at once still reach the seal pipeline in order: the sealed
+    stream decrypts to zstd frames, one per block (none for nothing), that decompress to the input."""
+    out: list[bytes] = []
+    seal = SealPipeline(SegmentSealer(KEY, NAME, SEG), lambda b: out.append(bytes(b)), plain=2, sealed=3)
+    pipeline = Compressor(seal, block=BLOCK, threads=threads)
+    for piece in _split(data, cuts):
+        pipeline.write(piece)
+    assert pipeline.finish() == len(data)
+    compressed = _decrypt(b"".join(out))
+    assert len(compressed) == seal.size
+    frames = _frames(compressed)
+    assert len(frames) == -(-len(data) // BLOCK)
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(compressed), read_across_frames=True)
+    assert reader.read() == data
+
+
+def _compressed(feed: list[tuple[bool, bytes]], threads: int = 2) -> bytes:
+    """The compressed stream of ``feed``: ``(True, bundle)`` lent as a line, ``(False, data)`` written."""
+    out: list[bytes] = []
+    seal = SealPipeline(SegmentSealer(KEY, NAME, SEG), lambda b: out.append(bytes(b)), plain=2, sealed=3)
+    pipeline = Compressor(seal, block=BLOCK, threads=threads)
+    for as_line, data in feed:
+        if as_line:
+            pipeline.line(data)
+        else:
+            pipeline.write(data)
+    assert pipeline.finish() == sum(len(d) + as_line for as_line, d in feed)
+    return _decrypt(b"".join(out))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=3 * BLOCK)), max_size=12), st.integers(1, 3))
+def test_bundles_lent_line_by_line_compress_as_the_same_bytes_written(
+    feed: list[tuple[bool, bytes]], threads: int
+) -> None:
+    """Lines lent to the compressor (blocks ending inside a line or its newline, lines after written
+    bytes and before them) make the very frames of the same bytes written in one piece."""
+    plain = b"".join(d + b"\n" if as_line else d for as_line, d in feed)
+    lent = _compressed(feed, threads)
+    assert lent == _compressed([(False, plain)], 1)
+    assert len(_frames(lent)) == -(-len(plain) // BLOCK)
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(lent), read_across_frames=True)
+    assert reader.read() == plain
+
+
+def test_a_failing_sink_stops_the_compressor_with_its_error() -> None:
+    def full_disk(_: memoryview) -> None:
+        raise OSError(28, "No space left on device")
+
+    seal = SealPipeline(SegmentSealer(KEY, NAME, SEG), full_disk, plain=2, sealed=2)
+    pipeline = Compressor(seal, block=BLOCK, threads=2)
+    noise = random.Random(3)
+    with pytest.raises(OSError, match="No space"):
+        for _ in range(50):
+            pipeline.write(noise.randbytes(BLOCK))
+        pipeline.finish()
+    pipeline.abort()
+
+
 def test_a_sealed_buffer_waits_for_the_writes_still_reading_it(tmp_path: Path) -> None:
     """The sink may lend each segment's ciphertext to writes that finish later (as the parts writer
     does): the pipeline seals into that buffer again only once they are done.  Read from a file, the
     plaintext goes straight into the segment buffers, in pieces of at most a segment."""
-    from media.write import _SealPipeline
-
     data = random.Random(5).randbytes(20 * SEG + 3)
     (tmp_path / "plain").write_bytes(data)
     out: list[bytes] = []
@@ -189,7 +274,7 @@ def test_a_sealed_buffer_waits_for_the_writes_still_reading_it(tmp_path: Path) -
 
             return [disk.submit(write)]
 
-        pipeline = _SealPipeline(SegmentSealer(KEY, NAME, SEG), later, plain=2, sealed=3)
+        pipeline = SealPipeline(SegmentSealer(KEY, NAME, SEG), later, plain=2, sealed=3)
         with open(tmp_path / "plain", "rb", buffering=0) as f:
             pieces = [end - start for _, start, end in pipeline.read(f)]
         assert pipeline.finish() == len(data)
@@ -198,12 +283,10 @@ def test_a_sealed_buffer_waits_for_the_writes_still_reading_it(tmp_path: Path) -
 
 
 def test_a_failing_sink_stops_the_pipeline_with_its_error() -> None:
-    from media.write import _SealPipeline
-
     def full_disk(_: memoryview) -> None:
         raise OSError(28, "No space left on device")
 
-    pipeline = _SealPipeline(SegmentSealer(KEY, NAME, SEG), full_disk, plain=2, sealed=2)
+    pipeline = SealPipeline(SegmentSealer(KEY, NAME, SEG), full_disk, plain=2, sealed=2)
     with pytest.raises(OSError, match="No space"):
         for _ in range(10):
             pipeline.write(b"x" * SEG)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import zstandard
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hakobune.keys import SigningKey
@@ -35,16 +36,20 @@ def test_the_stream_vector_in_the_docs() -> None:
     key = subkey(disk_key, v["disk_id"], f"file {name}")
     assert key.hex() == v["file_key"]
     assert stream_aad(name).decode() == v["aad"]
-    assert [segment_nonce(i, i == 2).hex() for i in range(3)] == v["nonces"]
-    plaintext = v["plaintext"].encode()
-    sealed = encrypt_all(key, name, plaintext, seg)
+    n = len(v["segments"])
+    assert [segment_nonce(i, i == n - 1).hex() for i in range(n)] == v["nonces"]
+    # the sealed stream is the plaintext's zstd frames (one here: the plaintext is less than a block)
+    plaintext, compressed = v["plaintext"].encode(), bytes.fromhex(v["compressed"])
+    assert zstandard.ZstdDecompressor().decompress(compressed) == plaintext
+    assert zstandard.frame_content_size(compressed) == len(plaintext)
+    sealed = encrypt_all(key, name, compressed, seg)
     assert sealed.hex() == "".join(v["segments"])
     # each segment is plain AES-GCM under its nonce: what a browser does with WebCrypto
-    one = AESGCM(key).decrypt(
-        bytes.fromhex(v["nonces"][2]), bytes.fromhex(v["segments"][2]), stream_aad(name)
+    last = AESGCM(key).decrypt(
+        bytes.fromhex(v["nonces"][-1]), bytes.fromhex(v["segments"][-1]), stream_aad(name)
     )
-    assert one == plaintext[64:]
-    assert b"".join(decrypt_chunks(key, name, [sealed], seg)) == plaintext
+    assert last == compressed[(n - 1) * seg :]
+    assert b"".join(decrypt_chunks(key, name, [sealed], seg)) == compressed
 
 
 def test_the_passphrase_vector_in_the_docs() -> None:

@@ -4,6 +4,8 @@ the manifest, ``media open`` still refuses a payload changed after verification 
 
 from __future__ import annotations
 
+import copy
+import io
 import itertools
 import mmap
 import os
@@ -13,13 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from hakobune.errors import ConfigError
 from hakobune.keys import RecipientPrivateKey, SigningKey
 from media.crypto import new_disk_key, subkey, wrap_to_passphrase, wrap_to_recipient
-from media.manifest import MANIFEST_NAME, PAYLOAD_NAME, Manifest, parse_manifest
+from media.manifest import MANIFEST_NAME, PAYLOAD_NAME, Manifest, canonical, parse_manifest
 from media.open import _decrypt
-from media.stream import StreamError, ciphertext_size, decrypt_chunks
+from media.stream import StreamError, ciphertext_size, decrypt_chunks, encrypt_all
 from media.write import DiskInfo, DiskWriter, new_disk_id
 from tests.media.conftest import TEST_ITERATIONS, fail_disk_writes_after
 
@@ -46,9 +49,12 @@ def _info(disk_key: bytes) -> DiskInfo:
 
 
 def _bundles(n: int) -> list[bytes]:
+    """Bundles padded with random hex: compressed to about half, so that a few make many segments."""
     rnd = random.Random(n)
     return [
-        b'{"resourceType":"Bundle","id":"%d","pad":"%s"}' % (i, b"x" * rnd.randint(0, 900)) for i in range(n)
+        b'{"resourceType":"Bundle","id":"%d","pad":"%s"}'
+        % (i, rnd.randbytes(rnd.randint(0, 450)).hex().encode())
+        for i in range(n)
     ]
 
 
@@ -59,9 +65,13 @@ def _writer(out: Path, disk_key: bytes, info: DiskInfo) -> DiskWriter:
 def _payload(out: Path, manifest: Manifest, disk_key: bytes) -> bytes:
     (lf,) = manifest.logical_files
     sealed = [(out / p.path).read_bytes() for p in lf.parts]
-    assert sum(map(len, sealed)) == ciphertext_size(lf.size, SEGMENT)
+    assert sum(map(len, sealed)) == ciphertext_size(lf.compressed_size, SEGMENT)
     key = subkey(disk_key, manifest.disk_id, f"file {PAYLOAD_NAME}")
-    return b"".join(decrypt_chunks(key, PAYLOAD_NAME, sealed, SEGMENT))
+    frames = b"".join(decrypt_chunks(key, PAYLOAD_NAME, sealed, SEGMENT))
+    assert len(frames) == lf.compressed_size
+    plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frames), read_across_frames=True).read()
+    assert len(plain) == lf.size
+    return plain
 
 
 def _manifest(out: Path) -> Manifest:
@@ -133,9 +143,10 @@ def test_a_failed_disk_write_reaches_the_caller_and_leaves_nothing(
     attempts = fail_disk_writes_after(monkeypatch, 2)
     disk_key = new_disk_key()
     w = DiskWriter(tmp_path / "d", _info(disk_key), disk_key, segment_size=4096 - 16)
+    noise = random.Random(1)
     with pytest.raises(OSError, match="No space"):
         for _ in range(300):
-            w.add_ndjson(b"x" * 4000 + b"\n")
+            w.add_ndjson(noise.randbytes(2000).hex().encode() + b"\n")
         w.finish(KEY)
     w.abort()
     assert attempts() > 2
@@ -187,3 +198,51 @@ def test_open_refuses_a_payload_changed_after_verification(tmp_path: Path, chang
             f.write(os.urandom(SEGMENT + 16))
     with pytest.raises(StreamError):
         _open_payload(disk, manifest, disk_key, tmp_path)
+
+
+def _resealed(tmp_path: Path, frames: bytes, size: int, compressed: int | None = None) -> None:
+    """Open a disk whose payload is ``frames`` (sealed under its key, as one part) and whose manifest says
+    ``size`` bytes, ``compressed`` (default: the frames' length) of them compressed."""
+    disk, manifest, disk_key = _sealed_disk(tmp_path)
+    (lf,) = manifest.logical_files
+    for p in lf.parts:
+        (disk / p.path).unlink()
+    key = subkey(disk_key, manifest.disk_id, f"file {PAYLOAD_NAME}")
+    (disk / lf.parts[0].path).write_bytes(encrypt_all(key, PAYLOAD_NAME, frames, SEGMENT))
+    doc = copy.deepcopy(manifest.doc)
+    entry = doc["files"][0]
+    entry["size"], entry["parts"] = size, entry["parts"][:1]
+    entry["compression"]["size"] = len(frames) if compressed is None else compressed
+    _open_payload(disk, Manifest(doc, canonical(doc)), disk_key, tmp_path)
+
+
+def _zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=1).compress(data)
+
+
+LINES = b'{"resourceType":"Bundle","id":"1"}\n' * 20
+
+
+def test_open_takes_any_zstd_frames_the_manifest_accounts_for(tmp_path: Path) -> None:
+    frames = _zstd(LINES[:100]) + _zstd(LINES[100:])
+    _resealed(tmp_path, frames, len(LINES))
+    assert (tmp_path / "opened" / PAYLOAD_NAME).read_bytes() == LINES
+
+
+@pytest.mark.parametrize(
+    ("frames", "size", "compressed", "reason"),
+    [
+        (b"not zstd at all, but sealed with the disk key", 100, None, "does not decompress"),
+        (_zstd(LINES) + b"trailing bytes", len(LINES), None, "does not decompress"),
+        (_zstd(LINES)[:-5], len(LINES), None, "bytes decrypted, the manifest says"),  # (zstd: no error)
+        (_zstd(LINES), len(LINES) - 1, None, "more than the"),
+        (_zstd(LINES), len(LINES) + 1, None, "bytes decrypted, the manifest says"),
+        (_zstd(LINES), len(LINES), len(_zstd(LINES)) + 1, "compressed bytes decrypted"),
+    ],
+    ids=["not-zstd", "trailing", "cut-frame", "longer", "shorter", "compressed-size"],
+)
+def test_open_refuses_frames_that_do_not_decompress_to_what_the_manifest_says(
+    tmp_path: Path, frames: bytes, size: int, compressed: int | None, reason: str
+) -> None:
+    with pytest.raises(StreamError, match=reason):
+        _resealed(tmp_path, frames, size, compressed)
