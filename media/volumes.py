@@ -437,9 +437,13 @@ def volume_label(disk_id: str, n: int, m: int, label: dict[str, str]) -> bytes:
     ).encode()
 
 
-def readme(disk_id: str, m: int, label: dict[str, str], viewer: bool) -> bytes:
+def readme(disk_id: str, m: int, label: dict[str, str], viewer: bool, payload: bool = True) -> bytes:
     """``README.txt`` (Japanese first, then English): what the disk is, how to verify and open it, and
-    that the passphrase travels separately.  No patient data."""
+    that the passphrase travels separately.  No patient data.  ``payload``: this volume holds parts of
+    the payload (else its ``manifest-sha256.txt`` is empty, which ``sha256sum -c`` refuses: the quick
+    check names only the tag manifest)."""
+    quick = "sha256sum -c manifest-sha256.txt / " if payload else ""
+    quick_en = "sha256sum -c manifest-sha256.txt; " if payload else ""
     vols = f"全{m}巻（VOLUME.txt に「第n巻」）" if m > 1 else "1巻"
     volumes_en = f"{m} volumes (see VOLUME.txt on each)" if m > 1 else "one volume"
     viewer_ja = (
@@ -468,7 +472,7 @@ def readme(disk_id: str, m: int, label: dict[str, str], viewer: bool) -> bytes:
         "■ 確認（出発前と到着時）\n"
         "  hakobune media verify <全巻のフォルダ> --center-key center.pub\n"
         "  署名・全ファイルの SHA-256・巻の欠落を確認します。簡易確認は各巻で\n"
-        "  sha256sum -c manifest-sha256.txt / sha256sum -c tagmanifest-sha256.txt\n\n"
+        f"  {quick}sha256sum -c tagmanifest-sha256.txt\n\n"
         "■ 取り込み\n"
         "  hakobune media open <全巻のフォルダ> --center-key center.pub --passphrase --out 出力先\n"
         "  （受領病院の秘密鍵なら --key hospital.key）。確認に失敗したディスクは開きません。\n"
@@ -485,7 +489,7 @@ def readme(disk_id: str, m: int, label: dict[str, str], viewer: bool) -> bytes:
         "Hakobune center at once.\n\n"
         "Verify (before take-off and on arrival):\n"
         "  hakobune media verify <every volume folder> --center-key center.pub\n"
-        "  (quick check per volume: sha256sum -c manifest-sha256.txt; sha256sum -c tagmanifest-sha256.txt)\n"
+        f"  (quick check per volume: {quick_en}sha256sum -c tagmanifest-sha256.txt)\n"
         "Open (refused unless everything verifies):\n"
         "  hakobune media open <every volume folder> --center-key center.pub --passphrase --out DIR\n"
         "  (or --key hospital.key, the recipient hospital's private key).\n"

@@ -385,7 +385,7 @@ class DiskWriter:
         own = [p for p in plan if p.volume == n]
         plain: dict[str, bytes] = {
             VOLUME_LABEL: volume_label(info.disk_id, n, m, info.label),
-            README: readme(info.disk_id, m, info.label, self._viewer is not None),
+            README: readme(info.disk_id, m, info.label, self._viewer is not None, payload=bool(own)),
             BAGIT: BAGIT_TEXT,
             BAG_MANIFEST: sha256_lines([(p.path, p.sha256) for p in own]),
         }

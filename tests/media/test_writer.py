@@ -11,6 +11,7 @@ import mmap
 import os
 import random
 import shutil
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,9 +21,11 @@ import zstandard
 from hakobune.errors import ConfigError
 from hakobune.keys import RecipientPrivateKey, SigningKey
 from media.crypto import new_disk_key, subkey, wrap_to_passphrase, wrap_to_recipient
-from media.manifest import MANIFEST_NAME, PAYLOAD_NAME, Manifest, canonical, parse_manifest
+from media.manifest import MANIFEST_NAME, PAYLOAD_NAME, Manifest, TrustAnchor, canonical, parse_manifest
 from media.open import _decrypt
 from media.stream import StreamError, ciphertext_size, decrypt_chunks, encrypt_all
+from media.verify import verify_disk
+from media.volumes import MIN_VOLUME_SIZE
 from media.write import DiskInfo, DiskWriter, new_disk_id
 from tests.media.conftest import TEST_ITERATIONS, fail_disk_writes_after
 
@@ -246,3 +249,49 @@ def test_open_refuses_frames_that_do_not_decompress_to_what_the_manifest_says(
 ) -> None:
     with pytest.raises(StreamError, match=reason):
         _resealed(tmp_path, frames, size, compressed)
+
+
+class _BigViewer:
+    """A stand-in for the offline viewer: one file of ``size`` bytes at the volume-1 root."""
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.root, self.size = root, size
+
+    def add(self, patient_id: str, bundle: bytes, summary: object = None) -> None: ...
+
+    def close(self) -> list[str]:
+        (self.root / "viewer.html").write_bytes(random.Random(2).randbytes(self.size))
+        return ["viewer.html"]
+
+    def abort(self) -> None:
+        (self.root / "viewer.html").unlink(missing_ok=True)
+
+
+def test_a_volume_without_payload_parts_tells_only_the_checks_that_work(tmp_path: Path) -> None:
+    """When the viewer leaves volume 1 no room for a part, its payload manifest is empty, which
+    ``sha256sum -c`` refuses: its README names only the tag manifest's check, and that one passes."""
+    disk_key = new_disk_key()
+    w = DiskWriter(
+        tmp_path / "disk",
+        _info(disk_key),
+        disk_key,
+        segment_size=SEGMENT,
+        part_size=PART,
+        max_volume=MIN_VOLUME_SIZE,
+        viewer=lambda root: _BigViewer(root, MIN_VOLUME_SIZE - 12_000),
+    )
+    for i, b in enumerate(_bundles(80)):
+        w.add(str(i), b)
+    result = w.finish(KEY)
+    assert len(result.roots) >= 2
+    first, *others = result.roots
+    assert (first / "manifest-sha256.txt").read_bytes() == b""
+    for root in result.roots:
+        readme = (root / "README.txt").read_text(encoding="utf-8")
+        listings = ["tagmanifest-sha256.txt"] + (["manifest-sha256.txt"] if root in others else [])
+        assert ("sha256sum -c manifest-sha256.txt" in readme) == (root in others)
+        for listing in listings:
+            run = subprocess.run(["sha256sum", "-c", listing], cwd=root, capture_output=True, text=True)
+            assert run.returncode == 0, run.stdout + run.stderr
+    report = verify_disk(result.roots, TrustAnchor.of_key(KEY.public))
+    assert report.ok, report.problems
