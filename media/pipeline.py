@@ -254,13 +254,12 @@ class Compressor(Blocks):
             cctx = self._local.cctx = zstandard.ZstdCompressor(level=self._level, write_content_size=True)
         return cctx
 
-    def _compress(self, block: memoryview) -> bytes:
+    def _compress(self, block: bytes | memoryview) -> bytes:
         frame: bytes = self._cctx().compress(block)
         return frame
 
     def _compress_lent(self, pieces: list[bytes | memoryview]) -> bytes:
-        frame: bytes = self._cctx().compress(b"".join(pieces))
-        return frame
+        return self._compress(b"".join(pieces))  # (joined here, in the compressing thread)
 
     def line(self, data: bytes) -> None:
         if self._fill:  # (the block so far was copied: go on copying)
