@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.check import check_tree
 from agent.ssmix2 import mapping
 from agent.ssmix2.layout import IN_SCOPE, parse_name
-from agent.ssmix2.mapping import to_records
+from agent.ssmix2.mapping import FIELD_MASKS, to_records
 from agent.ssmix2.message import parse
 from bench._common import PeakRSS, mb, synthetic_tree
 from hakobune import hl7
@@ -54,7 +54,7 @@ def parse_in_memory(sample: list[tuple[str, bytes]]) -> None:
     for name, raw in sample:
         n = parse_name(name)
         if n.data_type in IN_SCOPE:
-            to_records(parse(raw, n.data_type), n, [])
+            to_records(parse(raw, n.data_type, FIELD_MASKS[n.data_type]), n, [])
         else:
             parse(raw, n.data_type)
 

@@ -243,12 +243,29 @@ slice(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b, Py_ssize_t slot)
     return s;
 }
 
+/* A field no mapper reads (see split's masks): it is left "" instead of made. */
+#define SLOT_UNWANTED (-2)
+#define ALL_FIELDS (~(uint64_t)0)
+
+/* Whether the j-th '|'-separated part of a segment (0: its ID) is wanted: bit n of wanted is field n as HL7
+ * numbers it (for MSH, part j >= 1 is field j + 1, since the separator itself is MSH-1).  The segment ID is
+ * always made; fields past 63 only when every field is wanted. */
+static inline int
+is_wanted(uint64_t wanted, Py_ssize_t j, int is_msh)
+{
+    Py_ssize_t n = j + (is_msh && j >= 1 ? 1 : 0);
+    if (j == 0 || wanted == ALL_FIELDS) {
+        return 1;
+    }
+    return n < 64 && ((wanted >> n) & 1u);
+}
+
 /* Fields of one segment: chars [a, b) of buf, whose '|' positions are marks[first .. last).  Padded with ""
- * to at least pad entries; for MSH the separator itself is MSH-1, as HL7 numbers it.  None when the segment
- * has no field (the Python path words that error). */
+ * to at least pad entries; for MSH the separator itself is MSH-1, as HL7 numbers it.  Fields not in wanted
+ * are "".  None when the segment has no field (the Python path words that error). */
 static PyObject *
 segment_fields(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b, const Py_ssize_t *marks, Py_ssize_t first,
-               Py_ssize_t last, Py_ssize_t pad, int is_msh)
+               Py_ssize_t last, Py_ssize_t pad, int is_msh, uint64_t wanted)
 {
     Py_ssize_t nf = last - first + 1;
     if (nf == 1) {
@@ -268,6 +285,11 @@ segment_fields(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b, const Py_ssize_t 
         Py_ssize_t stops[FIELD_RUN], slots[FIELD_RUN]; /* each field's end, its cache slot or -1 */
         for (Py_ssize_t i = 0, from = start; i < n; i++) {
             stops[i] = j0 + i < last ? marks[j0 + i] : b;
+            if (!is_wanted(wanted, j0 - first + i, is_msh)) {
+                slots[i] = SLOT_UNWANTED;
+                from = stops[i] + 1;
+                continue;
+            }
             slots[i] = cached_length(stops[i] - from) ? slot_of(buf, from, stops[i]) : -1;
             if (slots[i] >= 0) {
                 __builtin_prefetch(&cache[slots[i]]);
@@ -280,7 +302,8 @@ segment_fields(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b, const Py_ssize_t 
             }
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *field = slice(buf, start, stops[i], slots[i]);
+            PyObject *field =
+                slots[i] == SLOT_UNWANTED ? Py_NewRef(empty_str) : slice(buf, start, stops[i], slots[i]);
             if (field == NULL) {
                 Py_DECREF(list);
                 return NULL;
@@ -323,9 +346,34 @@ other_segment_id(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b)
 
 /* Segments of a decoded message with the standard delimiters (MSH|^~\&), or None (also when a segment
  * after MSH does not start with a segment ID, or is a second MSH: the Python path words why). */
+/* The fields wanted of the segment whose ID is chars [a, b): from masks (split's packed table: the mask of
+ * segments not named, then entries of a 3-character ID and its mask, each mask 8 bytes little-endian), or
+ * every field when masks is NULL. */
+static uint64_t
+wanted_of(const unsigned char *masks, Py_ssize_t len, const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b)
+{
+    if (masks == NULL) {
+        return ALL_FIELDS;
+    }
+    const unsigned char *found = masks;
+    if (b - a == 3) {
+        for (Py_ssize_t e = 8; e + 11 <= len; e += 11) {
+            if (buf[a] == masks[e] && buf[a + 1] == masks[e + 1] && buf[a + 2] == masks[e + 2]) {
+                found = masks + e + 3;
+                break;
+            }
+        }
+    }
+    uint64_t m = 0;
+    for (int i = 7; i >= 0; i--) {
+        m = (m << 8) | found[i];
+    }
+    return m;
+}
+
 static PyObject *
 split_decoded(const Py_UCS2 *buf, Py_ssize_t count, const Py_ssize_t *marks, Py_ssize_t nmarks,
-              Py_ssize_t pad)
+              Py_ssize_t pad, const unsigned char *masks, Py_ssize_t masks_len)
 {
     static const char header[] = "MSH|^~\\&";
     Py_ssize_t start = 0, end = count;
@@ -365,12 +413,13 @@ split_decoded(const Py_UCS2 *buf, Py_ssize_t count, const Py_ssize_t *marks, Py_
             continue; /* a '|' inside the current segment */
         }
         if (pos > a) {
-            if (PyList_GET_SIZE(segments) > 0 && !other_segment_id(buf, a, first < j ? marks[first] : pos)) {
+            Py_ssize_t id_end = first < j ? marks[first] : pos;
+            if (PyList_GET_SIZE(segments) > 0 && !other_segment_id(buf, a, id_end)) {
                 Py_DECREF(segments);
                 return Py_NewRef(Py_None);
             }
-            PyObject *fields =
-                segment_fields(buf, a, pos, marks, first, j, pad, PyList_GET_SIZE(segments) == 0);
+            PyObject *fields = segment_fields(buf, a, pos, marks, first, j, pad, PyList_GET_SIZE(segments) == 0,
+                                              wanted_of(masks, masks_len, buf, a, id_end));
             if (fields == NULL || fields == Py_None) {
                 Py_DECREF(segments);
                 return fields;
@@ -393,7 +442,7 @@ split_decoded(const Py_UCS2 *buf, Py_ssize_t count, const Py_ssize_t *marks, Py_
 
 /* Decode raw; with want_segments, split it too.  None when the pure-Python path must take it. */
 static PyObject *
-run(PyObject *arg, int want_segments, Py_ssize_t pad)
+run(PyObject *arg, int want_segments, Py_ssize_t pad, const unsigned char *masks, Py_ssize_t masks_len)
 {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
@@ -423,7 +472,7 @@ run(PyObject *arg, int want_segments, Py_ssize_t pad)
         goto fallback;
     }
     if (want_segments) {
-        result = split_decoded(out, count, marks, nmarks, pad);
+        result = split_decoded(out, count, marks, nmarks, pad, masks, masks_len);
     } else {
         /* FromKindAndData narrows to the smallest kind that holds the text (ASCII without JIS). */
         result = PyUnicode_FromKindAndData(PyUnicode_2BYTE_KIND, out, count);
@@ -446,16 +495,26 @@ static PyObject *
 decode(PyObject *self, PyObject *arg)
 {
     (void)self;
-    return run(arg, 0, 0);
+    return run(arg, 0, 0, NULL, 0);
 }
 
 static PyObject *
 split(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "split(raw, pad) takes two arguments");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "split(raw, pad, masks=None) takes two or three arguments");
         return NULL;
+    }
+    const unsigned char *masks = NULL;
+    Py_ssize_t masks_len = 0;
+    if (nargs == 3 && args[2] != Py_None) {
+        if (!PyBytes_Check(args[2]) || PyBytes_GET_SIZE(args[2]) < 8 || (PyBytes_GET_SIZE(args[2]) - 8) % 11 != 0) {
+            PyErr_SetString(PyExc_ValueError, "masks must be bytes: 8, then entries of 3 + 8 (hl7.field_masks)");
+            return NULL;
+        }
+        masks = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+        masks_len = PyBytes_GET_SIZE(args[2]);
     }
     Py_ssize_t pad = PyLong_AsSsize_t(args[1]);
     if (pad < 0 || pad > 1024) {
@@ -464,7 +523,7 @@ split(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         return NULL;
     }
-    return run(args[0], 1, pad);
+    return run(args[0], 1, pad, masks, masks_len);
 }
 
 static PyMethodDef methods[] = {
@@ -472,8 +531,9 @@ static PyMethodDef methods[] = {
     {"decode", decode, METH_O,
      "Text of an ISO-2022-JP message using only ESC ( B and ESC $ B, or None when it needs the full decoder."},
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
-     "split(raw, pad): decode, then segments as field lists padded to pad (MSH-1 is the separator), for a\n"
-     "message with the standard delimiters MSH|^~\\& ending in CR, LF or FS; None when it needs the full path."},
+     "split(raw, pad, masks=None): decode, then segments as field lists padded to pad (MSH-1 is the\n"
+     "separator), for a message with the standard delimiters MSH|^~\\& ending in CR, LF or FS; None when it\n"
+     "needs the full path.  masks (hakobune.hl7.field_masks): the fields to make, the others left \"\"."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -38,17 +38,41 @@ def decode(raw: bytes) -> str:
     return decode_python(raw)
 
 
-def split_standard(raw: bytes, pad: int) -> list[list[str]] | None:
+def split_standard(raw: bytes, pad: int, masks: bytes | None = None) -> list[list[str]] | None:
     """Decode and split a message in one compiled pass: segments as field lists (``fields[n]`` is field n,
     MSH-1 the separator), each padded with ``""`` to at least ``pad`` fields.  Only for the common case —
     standard delimiters (``MSH|^~\\&``), ASCII and JIS X 0208, a terminated last segment, every segment with
     fields and a segment ID (three ASCII letters or digits, the first upper case), no MSH but the first;
-    anything else, or no compiled module, gives None and the caller takes the general path."""
+    anything else, or no compiled module, gives None and the caller takes the general path.
+
+    ``masks`` (from :func:`field_masks`) names the fields a caller reads: the others are left ``""`` instead
+    of made, which is most of a message's strings (validation does not change)."""
     if not _fast_path.tried:
         _fast_path.load()
     if _fast_path.split is None:
         return None
-    return _fast_path.split(raw, pad)
+    return _fast_path.split(raw, pad, masks)
+
+
+def field_masks(fields: dict[str, tuple[int, ...]], others: tuple[int, ...] = ()) -> bytes:
+    """The packed table :func:`split_standard` takes: for each segment ID the field numbers to make (as HL7
+    numbers them: MSH-9 is 9), and ``others`` for every segment not named.  The segment ID (field 0) is
+    always made; field numbers run 1..63."""
+
+    def mask(numbers: tuple[int, ...]) -> bytes:
+        bits = 0
+        for n in numbers:
+            if not 1 <= n <= 63:
+                raise ValueError(f"field number {n} is outside 1..63")
+            bits |= 1 << n
+        return bits.to_bytes(8, "little")
+
+    out = bytearray(mask(others))
+    for sid, numbers in fields.items():
+        if len(sid) != 3 or not sid.isascii():
+            raise ValueError(f"segment ID {sid!r} is not three ASCII characters")
+        out += sid.encode("ascii") + mask(numbers)
+    return bytes(out)
 
 
 def decode_python(raw: bytes) -> str:
@@ -83,12 +107,16 @@ def _table_cell(j1: int, j2: int) -> str:
     return ch if len(ch) == 1 else "\0"
 
 
+#: The compiled split: (raw, pad, masks) -> segments or None.
+_Split = Callable[[bytes, int, bytes | None], list[list[str]] | None]
+
+
 class _FastPath:
     """The compiled decoder, loaded (and given its table) on first use, so importing costs nothing."""
 
     def __init__(self) -> None:
         self.decode: Callable[[bytes], str | None] | None = None
-        self.split: Callable[[bytes, int], list[list[str]] | None] | None = None
+        self.split: _Split | None = None
         self.tried = False
 
     def load(self) -> None:
@@ -98,7 +126,7 @@ class _FastPath:
             self.decode, self.split = found
 
 
-def _load_jisdecode() -> tuple[Callable[[bytes], str | None], Callable[[bytes, int], list[list[str]] | None]]:
+def _load_jisdecode() -> tuple[Callable[[bytes], str | None], _Split]:
     from hakobune import _jisdecode
 
     _jisdecode.set_jis0208(jis0208_table())

@@ -15,7 +15,7 @@ from dataclasses import fields
 from agent.ssmix2.layout import SsmixName
 from agent.ssmix2.message import Message
 from hakobune.compiled import compiled
-from hakobune.hl7 import to_iso, unescape
+from hakobune.hl7 import field_masks, to_iso, unescape
 from hakobune.records import (
     Allergy,
     Coding,
@@ -55,7 +55,8 @@ class _Ctx:
         self.comp, self.rep, self.sub = d.component, d.repetition, d.subcomponent
         self.name = name
         self.pid: list[str] | None = None
-        self.codings = _coding_cache(self.comp)
+        cache = _CODINGS.get(self.comp)  # (_coding_cache, inline: once per file of a tree)
+        self.codings = cache if cache is not None and len(cache) <= _CODINGS_MAX else _coding_cache(self.comp)
 
     def key(self, item: str) -> RecordKey:
         n = self.name
@@ -559,6 +560,31 @@ MAPPERS: dict[str, Callable[[_Ctx, Message, Warnings], list[Record]]] = {
     "OMP-12": _map_ras_injection,
     "OML-11": _map_oul,
 }
+
+
+#: The fields each data type's mapper reads, by segment (HL7 field numbers), besides MSH-9 (the message
+#: type :func:`agent.ssmix2.message.parse` checks) and PID-3 (:func:`_pid`).  The reader's split makes only
+#: these (a lab file's other fields are ~60% of its strings); a field a mapper reads must be listed here.
+#: tests/agent/test_fast_map.py maps messages with and without the masks and compares.
+FIELDS_READ: dict[str, dict[str, tuple[int, ...]]] = {
+    "ADT-00": {"PID": (3, 5, 7, 8, 11), "AL1": (2, 3, 4, 5, 6)},
+    "ADT-61": {"IAM": (2, 3, 4, 5, 6, 11, 12)},
+    "PPR-01": {"PRB": (1, 3, 4, 7, 9, 10, 14, 16, 17, 18)},
+    "OMP-01": {"ORC": (4, 9), "TQ1": (3, 6, 7, 8), "RXR": (1,), "RXE": (2, 3, 5, 6, 10, 11, 19)},
+    "OMP-11": {"ORC": (4, 9), "RXR": (1,), "RXA": (3, 4, 5, 6, 7, 20)},
+    "OMP-02": {"ORC": (9,), "TQ1": (7, 8), "RXR": (1,), "RXC": (1, 2, 3, 4), "RXE": (3, 5, 7, 23, 24)},
+    "OMP-12": {"ORC": (9,), "RXR": (1,), "RXA": (3, 4, 5, 6, 7, 9, 12, 20)},
+    "OML-11": {"OBX": (2, 3, 5, 6, 7, 8, 11, 14), "SPM": (4,), "OBR": (4, 7)},
+}
+
+
+def _masks(read: dict[str, tuple[int, ...]]) -> bytes:
+    pid = tuple(sorted({3, *read.get("PID", ())}))
+    return field_masks({**read, "MSH": (9,), "PID": pid})
+
+
+#: :data:`FIELDS_READ` packed for :func:`agent.ssmix2.message.parse`, by data type.
+FIELD_MASKS: dict[str, bytes] = {data_type: _masks(read) for data_type, read in FIELDS_READ.items()}
 
 
 def to_records(msg: Message, name: SsmixName, warnings: Warnings) -> list[Record]:

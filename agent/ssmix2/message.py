@@ -34,11 +34,6 @@ class Message:
     segments: list[list[str]]
     delimiters: Delimiters = field(default_factory=Delimiters)
 
-    @property
-    def message_code(self) -> str:
-        msh9 = self.segments[0][9] if len(self.segments[0]) > 9 else ""
-        return msh9.split(self.delimiters.component, 1)[0]
-
 
 #: Segments are padded to this many fields so mappers index them directly (highest used: RXE-24).
 PAD = 26
@@ -48,22 +43,25 @@ _PADDING = [""] * PAD
 _KNOWN_IDS: set[str] = set()
 
 
-def parse(raw: bytes, data_type: str) -> Message:
-    """Decode and validate; raises :class:`UnreadableMessage` with the quarantine reason."""
+def parse(raw: bytes, data_type: str, masks: bytes | None = None) -> Message:
+    """Decode and validate; raises :class:`UnreadableMessage` with the quarantine reason.  ``masks``
+    (:data:`agent.ssmix2.mapping.FIELD_MASKS`): the fields the caller reads; the compiled split may leave
+    the others ``""``."""
     if not raw:
         raise UnreadableMessage("empty file")
-    segments = split_standard(raw, PAD)
+    segments = split_standard(raw, PAD, masks)
     if segments is None:
         segments, delims = _split_general(raw)
     else:  # standard delimiters; every segment has fields and a segment ID, and MSH comes only first
         delims = STANDARD
-    msg = Message(segments, delims)
     expected = MESSAGE_CODE.get(data_type)
-    if expected is not None and msg.message_code != expected:
-        raise UnreadableMessage(
-            f"message type {msg.message_code or '(none)'} in MSH-9 does not match data type {data_type}"
-        )
-    return msg
+    if expected is not None:
+        code = segments[0][9].split(delims.component, 1)[0]  # MSH-9 message type (MSH is padded past it)
+        if code != expected:
+            raise UnreadableMessage(
+                f"message type {code or '(none)'} in MSH-9 does not match data type {data_type}"
+            )
+    return Message(segments, delims)
 
 
 def _split_general(raw: bytes) -> tuple[list[list[str]], Delimiters]:

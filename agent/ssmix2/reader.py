@@ -27,7 +27,7 @@ from agent.ssmix2.layout import (
     parse_name,
     patient_folder,
 )
-from agent.ssmix2.mapping import MissingSegment, to_records
+from agent.ssmix2.mapping import FIELD_MASKS, MissingSegment, to_records
 from agent.ssmix2.message import parse
 from hakobune.compiled import compiled
 from hakobune.errors import UnreadableMessage
@@ -181,7 +181,7 @@ def _finish(out: FileOutcome, name: SsmixName | None, raw: bytes | None) -> File
     if raw is None or name is None:
         return out
     try:
-        msg = parse(raw, name.data_type)
+        msg = parse(raw, name.data_type, FIELD_MASKS.get(name.data_type))
         out.records = to_records(msg, name, out.warnings)
     except (UnreadableMessage, MissingSegment) as e:
         out.reason = str(e)

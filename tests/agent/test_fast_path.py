@@ -166,3 +166,64 @@ def test_shared_short_fields_are_always_the_right_text() -> None:
         jis_field = kanji[n % 5] + kanji[(n // 5) % 10] + str(n % 97)
         raw = encode_message(["MSH|^~\\&|HIS", f"OBX|1|NM|{ascii_field}^{jis_field}^JC10||{n % 13}|mg"])
         assert split_standard(raw, PAD) == _split_general(raw)[0], n
+
+
+def _blanked(
+    segments: list[list[str]], wanted: dict[str, tuple[int, ...]], others: tuple[int, ...]
+) -> list[list[str]]:
+    """The segments with every field not wanted (by HL7 field number) set to "": the segment ID and MSH-1
+    (the separator) are always kept."""
+    return [
+        [
+            f if n == 0 or (i == 0 and n == 1) or n in wanted.get(seg[0], others) else ""
+            for n, f in enumerate(seg)
+        ]
+        for i, seg in enumerate(segments)
+    ]
+
+
+@needs_fast
+@MANY
+@given(
+    st.lists(
+        st.lists(st.text(alphabet="京都齋ｱ abc1-^~&\\", max_size=6), min_size=1, max_size=12),
+        min_size=1,
+        max_size=6,
+    ),
+    st.lists(st.integers(1, 63), max_size=6).map(tuple),
+    st.lists(st.integers(1, 63), max_size=6).map(tuple),
+    st.lists(st.integers(1, 63), max_size=3).map(tuple),
+)
+@example([["a"] * 12], (9,), (1, 2, 5), ())
+def test_a_split_with_masks_makes_only_the_fields_named(
+    fields: list[list[str]], msh: tuple[int, ...], zz1: tuple[int, ...], others: tuple[int, ...]
+) -> None:
+    segments = ["MSH|^~\\&|SEND||||20240401||ADT^A08|1|P|2.5"] + [
+        "ZZ" + str(i % 3) + "|" + "|".join(f) for i, f in enumerate(fields)
+    ]
+    raw = encode_message(segments)
+    wanted = {"MSH": msh, "ZZ1": zz1}
+    full = split_standard(raw, PAD)
+    if full is None:  # (JIS X 0201 kana takes the general path)
+        return
+    masked = split_standard(raw, PAD, hl7.field_masks(wanted, others))
+    assert masked == _blanked(full, wanted, others)
+    assert masked is not None and masked[0][1] == "|"  # MSH-1, the separator, is always there
+
+
+def test_field_masks_refuse_what_the_split_cannot_honour() -> None:
+    with pytest.raises(ValueError, match="field number 64"):
+        hl7.field_masks({"OBX": (2, 64)})
+    with pytest.raises(ValueError, match="field number 0"):
+        hl7.field_masks({}, others=(0,))
+    with pytest.raises(ValueError, match="segment ID 'OBXX'"):
+        hl7.field_masks({"OBXX": (1,)})
+    assert hl7.field_masks({"OBX": (1, 3)}) == bytes(8) + b"OBX" + (0b1010).to_bytes(8, "little")
+
+
+@needs_fast
+def test_the_compiled_split_refuses_a_malformed_mask_table() -> None:
+    raw = encode_message(["MSH|^~\\&|HIS", "OBX|1|NM"])
+    for bad in (b"", bytes(7), bytes(8) + b"OBX", "masks"):
+        with pytest.raises(ValueError, match="masks must be bytes"):
+            split_standard(raw, PAD, bad)  # type: ignore[arg-type]
