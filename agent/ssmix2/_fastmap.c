@@ -1,5 +1,6 @@
 /* Compiled fast path of the SS-MIX2 mappers for lab results (agent.ssmix2.mapping._map_oul), prescription
- * orders (_map_rde_oral) and administrations (_map_ras_oral), and of record construction.
+ * orders (_map_rde_oral) and administrations (_map_ras_oral) and problems (_map_ppr01), and of record
+ * construction.
  *
  * Lab files (OML-11) and prescriptions (OMP-01, OMP-11) hold most of a hospital's records: a lab file ~24
  * results.  In Python, building one LabResult costs ~3 us, a third of it in the two dataclass __init__
@@ -22,6 +23,7 @@
 #define LAB_MIN_FIELDS 15 /* OBX-14 */
 #define RX_MIN_FIELDS 20  /* RXE-19 */
 #define RXA_MIN_FIELDS 21 /* RXA-20 */
+#define PRB_MIN_FIELDS 19 /* PRB-18 */
 /* The most fields a record type may have. */
 #define MAX_FIELDS 20
 
@@ -34,12 +36,13 @@ typedef struct {
 } RecordType;
 
 /* The record types register() is given, in this order, each with this many fields. */
-enum { KEY_TYPE, LAB_TYPE, RX_TYPE, N_TYPES };
-static const Py_ssize_t type_fields[N_TYPES] = {5, 11, 17};
+enum { KEY_TYPE, LAB_TYPE, RX_TYPE, CONDITION_TYPE, N_TYPES };
+static const Py_ssize_t type_fields[N_TYPES] = {5, 11, 17, 11};
 static RecordType types[N_TYPES];
 static int registered = 0;
 
-static PyObject *empty_str, *order_str, *administration_str;
+static PyObject *empty_str, *order_str, *administration_str, *one_str, *display_str;
+static const char *icd10_systems[] = {"I10", "ICD10"};
 
 /* Item strings "b.o" for small b and o, and "n" for small n, made once. */
 #define ITEM_B 8
@@ -108,7 +111,8 @@ register_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     (void)self;
     registered = 0;
     if (nargs != 2 * N_TYPES) {
-        PyErr_SetString(PyExc_TypeError, "register(RecordKey, fields, LabResult, fields, Prescription, fields)");
+        PyErr_SetString(PyExc_TypeError,
+                        "register(RecordKey, fields, LabResult, fields, Prescription, fields, Condition, fields)");
         return NULL;
     }
     for (int t = 0; t < N_TYPES; t++) {
@@ -835,9 +839,150 @@ not_here:
     return step_aside(out, warnings, warned);
 }
 
+/* Whether component 3 of s (between its 2nd and 3rd comp, or to the end) is one of the ICD-10 table ids
+ * _map_ppr01 accepts; 0 also when s has fewer than 3 components.  -1 on an error. */
+static int
+third_component_is_icd10(PyObject *s, Py_UCS4 comp, int *components_3)
+{
+    Py_ssize_t first = find_char(s, comp, 0), second = -1, third = -1;
+    *components_3 = 0;
+    if (first == -2 || first < 0) {
+        return first == -2 ? -1 : 0;
+    }
+    if ((second = find_char(s, comp, first + 1)) < 0) {
+        return second == -2 ? -1 : 0;
+    }
+    *components_3 = 1;
+    if ((third = find_char(s, comp, second + 1)) == -2) {
+        return -1;
+    }
+    Py_ssize_t start = second + 1, end = third < 0 ? PyUnicode_GET_LENGTH(s) : third;
+    int kind = PyUnicode_KIND(s);
+    const void *d = PyUnicode_DATA(s);
+    for (size_t k = 0; k < sizeof icd10_systems / sizeof icd10_systems[0]; k++) {
+        const char *want = icd10_systems[k];
+        Py_ssize_t n = (Py_ssize_t)strlen(want), i = 0;
+        if (end - start != n) {
+            continue;
+        }
+        while (i < n && PyUnicode_READ(kind, d, start + i) == (Py_UCS4)(unsigned char)want[i]) {
+            i++;
+        }
+        if (i == n) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static const Py_ssize_t prb_fields[] = {1, 3, 4, 7, 9, 10, 14, 16, 17, 18};
+
+/* map_condition(segments, key_head, comp, codings, coding, to_iso, unescape, warnings): the Conditions of a
+ * PPR message (PPR-01), as agent.ssmix2.mapping._map_ppr01 builds them; None when a segment is not a list
+ * of at least PRB_MIN_FIELDS entries, or a field it reads is not a str (the Python mapper then takes the
+ * message). */
+static PyObject *
+map_condition(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (check_call("map_condition", nargs, 8) < 0) {
+        return NULL;
+    }
+    PyObject *segments = args[0], *head = args[1], *codings = args[3], *coding = args[4], *to_iso = args[5],
+             *unescape = args[6], *warnings = args[7];
+    Py_UCS4 comp;
+    if (check_args("map_condition", segments, head, codings, warnings, args[2], &comp) < 0) {
+        return NULL;
+    }
+    if (!plain_segments(segments, PRB_MIN_FIELDS)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t nseg = PyList_GET_SIZE(segments), warned = PyList_GET_SIZE(warnings), n = 0;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nseg; i++) {
+        PyObject *seg = PyList_GET_ITEM(segments, i);
+        if (!is_sid(PyList_GET_ITEM(seg, 0), "PRB")) {
+            continue;
+        }
+        if (!fields_are_str(seg, prb_fields, sizeof prb_fields / sizeof prb_fields[0])) {
+            return step_aside(out, warnings, warned);
+        }
+        n++;
+        PyObject *code; /* PRB-3 problem ID (MEDIS disease exchange code) */
+        int has = item_code(codings, coding, PyList_GET_ITEM(seg, 3), warnings, "PRB without a problem code", &code);
+        if (has <= 0) {
+            if (has < 0) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            continue;
+        }
+        PyObject *icd10 = NULL, *name = NULL, *onset = NULL, *recorded = NULL, *resolved = NULL, *outcome = NULL,
+                 *ranking = NULL, *item = NULL;
+        int ok = 0, three, is_icd10;
+        /* PRB-10 problem classification (ICD-10^^I10): component 1 when there are fewer than 3 components
+         * or the 3rd names ICD-10, else "" */
+        PyObject *pclass = PyList_GET_ITEM(seg, 10);
+        if ((is_icd10 = third_component_is_icd10(pclass, comp, &three)) < 0) {
+            goto done;
+        }
+        icd10 = (!three || is_icd10) ? before(pclass, comp) : Py_NewRef(empty_str);
+        /* name: PRB-17 onset text (the disease name), else the code's display */
+        PyObject *text = PyList_GET_ITEM(seg, 17);
+        name = has_backslash(text) ? PyObject_CallOneArg(unescape, text) : Py_NewRef(text);
+        if (icd10 == NULL || name == NULL) {
+            goto done;
+        }
+        if (PyUnicode_Check(name) && PyUnicode_GET_LENGTH(name) == 0) {
+            Py_SETREF(name, PyObject_GetAttr(code, display_str));
+            if (name == NULL) {
+                goto done;
+            }
+        }
+        if ((onset = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(seg, 16))) == NULL ||    /* PRB-16 onset */
+            (recorded = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(seg, 7))) == NULL ||  /* PRB-7 established */
+            (resolved = PyObject_CallOneArg(to_iso, PyList_GET_ITEM(seg, 9))) == NULL ||  /* PRB-9 resolution */
+            (outcome = cached_coding(codings, coding, PyList_GET_ITEM(seg, 14), NULL)) == NULL || /* PRB-14 */
+            (ranking = before(PyList_GET_ITEM(seg, 18), comp)) == NULL ||                /* PRB-18 ranking */
+            (item = number_string(n)) == NULL) {
+            goto done;
+        }
+        int main = PyUnicode_Compare(ranking, one_str) == 0; /* 1 = main diagnosis */
+        if (PyErr_Occurred()) {
+            goto done;
+        }
+        PyObject *cv[11] = {
+            NULL,     code,     icd10,   name, onset, recorded, resolved, /* (the key) */
+            outcome,  main ? Py_True : Py_False,
+            PyList_GET_ITEM(seg, 1), /* action: PRB-1 action code */
+            PyList_GET_ITEM(seg, 4), /* instance_id: PRB-4 problem instance ID */
+        };
+        ok = append_record(out, &types[CONDITION_TYPE], head, item, cv) == 0;
+    done:
+        Py_XDECREF(item);
+        Py_XDECREF(ranking);
+        Py_XDECREF(outcome);
+        Py_XDECREF(resolved);
+        Py_XDECREF(recorded);
+        Py_XDECREF(onset);
+        Py_XDECREF(name);
+        Py_XDECREF(icd10);
+        Py_DECREF(code);
+        if (!ok) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"register", (PyCFunction)(void (*)(void))register_records, METH_FASTCALL,
-     "register(RecordKey, fields, LabResult, fields, Prescription, fields): the record classes, fields in order."},
+     "register(RecordKey, fields, LabResult, fields, Prescription, fields, Condition, fields): the record\n"
+     "classes, fields in order."},
     {"map_lab", (PyCFunction)(void (*)(void))map_lab, METH_FASTCALL,
      "map_lab(segments, key_head, comp, codings, coding, to_iso, unescape, warnings): the LabResults of an\n"
      "OUL message, as agent.ssmix2.mapping._map_oul builds them, or None."},
@@ -847,11 +992,15 @@ static PyMethodDef methods[] = {
     {"map_rx_given", (PyCFunction)(void (*)(void))map_rx_given, METH_FASTCALL,
      "map_rx_given(segments, key_head, codings, coding, to_iso, warnings): the Prescriptions of an RAS\n"
      "message (OMP-11), as agent.ssmix2.mapping._map_ras_oral builds them, or None."},
+    {"map_condition", (PyCFunction)(void (*)(void))map_condition, METH_FASTCALL,
+     "map_condition(segments, key_head, comp, codings, coding, to_iso, unescape, warnings): the Conditions\n"
+     "of a PPR message (PPR-01), as agent.ssmix2.mapping._map_ppr01 builds them, or None."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_fastmap", "Fast path of the SS-MIX2 lab and prescription mappers (see the C source).", -1, methods,
+    PyModuleDef_HEAD_INIT, "_fastmap", "Fast path of the SS-MIX2 lab, prescription and problem mappers (see the C source).", -1,
+    methods,
     NULL, NULL, NULL, NULL,
 };
 
@@ -861,7 +1010,10 @@ PyInit__fastmap(void)
     empty_str = PyUnicode_FromStringAndSize("", 0);
     order_str = PyUnicode_InternFromString("order");
     administration_str = PyUnicode_InternFromString("administration");
-    if (empty_str == NULL || order_str == NULL || administration_str == NULL) {
+    one_str = PyUnicode_InternFromString("1");
+    display_str = PyUnicode_InternFromString("display");
+    if (empty_str == NULL || order_str == NULL || administration_str == NULL || one_str == NULL ||
+        display_str == NULL) {
         return NULL;
     }
     return PyModule_Create(&module);

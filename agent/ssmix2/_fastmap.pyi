@@ -1,4 +1,4 @@
-"""Types of the compiled lab mapper (agent/ssmix2/_fastmap.c); see :mod:`agent.ssmix2.mapping`."""
+"""Types of the compiled mappers (agent/ssmix2/_fastmap.c); see :mod:`agent.ssmix2.mapping`."""
 
 from collections.abc import Callable
 
@@ -11,6 +11,8 @@ def register(
     lab_fields: tuple[str, ...],
     rx_type: type,
     rx_fields: tuple[str, ...],
+    condition_type: type,
+    condition_fields: tuple[str, ...],
     /,
 ) -> None: ...
 def map_lab(
@@ -42,6 +44,17 @@ def map_rx_given(
     codings: dict[str, Coding | None],
     coding: Callable[[str], Coding | None],
     to_iso: Callable[[str], str],
+    warnings: list[str],
+    /,
+) -> list[Record] | None: ...
+def map_condition(
+    segments: list[list[str]],
+    key_head: tuple[str, str, str, str],
+    comp: str,
+    codings: dict[str, Coding | None],
+    coding: Callable[[str], Coding | None],
+    to_iso: Callable[[str], str],
+    unescape: Callable[[str], str],
     warnings: list[str],
     /,
 ) -> list[Record] | None: ...

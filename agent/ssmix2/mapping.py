@@ -195,6 +195,15 @@ def _map_adt61(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 
 
 def _map_ppr01(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
+    fast = fast_condition
+    if fast is not None:
+        out = fast(msg.segments, ctx.name.file_key, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, w)
+        if out is not None:
+            return out
+    return _map_ppr01_python(ctx, msg, w)
+
+
+def _map_ppr01_python(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     out: list[Record] = []
     n = 0
     coding, comp = ctx.coding, ctx.comp
@@ -440,28 +449,38 @@ _CODED = frozenset(("CWE", "CE", "CNE"))
 FastMapper = Callable[..., list[Record] | None]
 
 
-def _load_fast_mappers() -> tuple[FastMapper | None, FastMapper | None, FastMapper | None]:
-    """The compiled mappers of lab results, prescription orders and administrations
+FastMappers = tuple[FastMapper | None, FastMapper | None, FastMapper | None, FastMapper | None]
+
+
+def _load_fast_mappers() -> FastMappers:
+    """The compiled mappers of lab results, prescription orders and administrations and problems
     (agent/ssmix2/_fastmap.c), given the record classes; None without them (or with
     ``HAKOBUNE_PURE_PYTHON=1``)."""
 
     def names(cls: type) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
-    def load() -> tuple[FastMapper, FastMapper, FastMapper]:
+    def load() -> FastMappers:
         from agent.ssmix2 import _fastmap
 
         _fastmap.register(
-            RecordKey, names(RecordKey), LabResult, names(LabResult), Prescription, names(Prescription)
+            RecordKey,
+            names(RecordKey),
+            LabResult,
+            names(LabResult),
+            Prescription,
+            names(Prescription),
+            Condition,
+            names(Condition),
         )
-        return _fastmap.map_lab, _fastmap.map_rx_order, _fastmap.map_rx_given
+        return _fastmap.map_lab, _fastmap.map_rx_order, _fastmap.map_rx_given, _fastmap.map_condition
 
-    return compiled(load) or (None, None, None)
+    return compiled(load) or (None, None, None, None)
 
 
-#: The compiled forms of :func:`_map_oul`, :func:`_map_rde_oral` and :func:`_map_ras_oral` (same records;
-#: tests compare), or None.
-fast_lab, fast_rx_order, fast_rx_given = _load_fast_mappers()
+#: The compiled forms of :func:`_map_oul`, :func:`_map_rde_oral`, :func:`_map_ras_oral` and
+#: :func:`_map_ppr01` (same records; tests compare), or None.
+fast_lab, fast_rx_order, fast_rx_given, fast_condition = _load_fast_mappers()
 
 
 def _map_oul(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:

@@ -24,7 +24,7 @@ from agent.ssmix2.message import PAD, Message, parse
 from hakobune import hl7
 from hakobune.errors import UnreadableMessage
 from hakobune.hl7 import decode_python, split_standard, to_iso, unescape
-from hakobune.records import LabResult, Record, RecordKey
+from hakobune.records import Condition, LabResult, Record, RecordKey
 from hakobune.synth import SSMIX2_DIR, generate
 from tests.agent.test_fast_path import _outcome, _reference_outcome
 
@@ -35,14 +35,14 @@ RX_NAME = parse_name("1234567_20240401_OMP-01_000000000000001_20240401120000000_
 
 
 def test_the_compiled_lab_mapper_is_built_where_ci_runs() -> None:
-    if None in (mapping.fast_lab, mapping.fast_rx_order, mapping.fast_rx_given):
+    if None in (mapping.fast_lab, mapping.fast_rx_order, mapping.fast_rx_given, mapping.fast_condition):
         if os.environ.get("CI"):
             pytest.fail("agent.ssmix2._fastmap is not built (make setup compiles it with gcc)")
         pytest.skip("compiled lab mapper not built here")
 
 
 needs_fast = pytest.mark.skipif(
-    None in (mapping.fast_lab, mapping.fast_rx_order, mapping.fast_rx_given),
+    None in (mapping.fast_lab, mapping.fast_rx_order, mapping.fast_rx_given, mapping.fast_condition),
     reason="compiled mappers not built",
 )
 
@@ -147,6 +147,7 @@ def test_a_field_that_is_not_a_string_makes_it_step_aside_and_undo_its_warnings(
         ("OML-11", mapping._map_oul, mapping._map_oul_python),
         ("OMP-01", mapping._map_rde_oral, mapping._map_rde_oral_python),
         ("OMP-11", mapping._map_ras_oral, mapping._map_ras_oral_python),
+        ("PPR-01", mapping._map_ppr01, mapping._map_ppr01_python),
     ],
 )
 def test_records_from_real_files_are_the_same_on_both_paths(
@@ -306,6 +307,57 @@ def test_the_administration_mapper_steps_aside_for_odd_segments_and_undoes_its_w
     assert warnings == ["earlier", "RXA without a drug code"]
 
 
+# -- problems (PPR-01) ------------------------------------------------------------------------------------
+
+_ICD = st.sampled_from(
+    ["", "I10", "I10^^I10", "I10^Hypertension^ICD10", "K29^^99XYZ", "J45^x", "^^I10", "A^^I10^x"]
+)
+
+
+@st.composite
+def _prb(draw: st.DrawFn) -> list[str]:
+    fields = [""] * 18
+    fields[0] = draw(st.sampled_from(["AD", "UP", "DE", ""]))  # PRB-1
+    fields[2] = draw(
+        st.sampled_from(["", "20057689^高血圧症^MDCDX2", "^text only", "X^^"]) | _RX_TEXT
+    )  # PRB-3
+    fields[3] = draw(st.sampled_from(["1", "", "P-2"]))  # PRB-4
+    fields[6], fields[8], fields[15] = draw(_DTM), draw(_DTM), draw(_DTM)  # PRB-7, PRB-9, PRB-16
+    fields[9] = draw(_ICD | _RX_TEXT)  # PRB-10
+    fields[13] = draw(st.sampled_from(["", "1^治癒^HL70241", "4^^"]) | _RX_TEXT)  # PRB-14
+    fields[16] = draw(st.sampled_from(["", "高血圧", "a\\T\\b"]) | _RX_TEXT)  # PRB-17
+    fields[17] = draw(st.sampled_from(["", "1", "2", "1^main", "11", "^1"]))  # PRB-18
+    return _padded("PRB", fields)
+
+
+@needs_fast
+@MANY
+@given(st.lists(st.one_of(_prb(), st.just(_padded("NTE", ["1", "", "note"]))), max_size=6))
+def test_the_compiled_problem_mapper_gives_the_python_mappers_records(body: list[list[str]]) -> None:
+    fast, slow = _rx_both([*_head(), *body], mapping._map_ppr01, mapping._map_ppr01_python)
+    assert fast == slow
+
+
+@needs_fast
+def test_the_problem_mapper_steps_aside_for_odd_segments_and_undoes_its_warnings() -> None:
+    assert mapping.fast_condition is not None
+    name = parse_name("1234567_20240401_PPR-01_000000000000001_20240401120000000_01_1")
+    ctx = mapping._Ctx(Message([]), name)
+    head = (name.patient_id, name.care_date, name.data_type, name.order_no)
+    no_code = _padded("PRB", ["AD"])
+    broken = _padded("PRB", ["AD", "", "20057689^高血圧症^MDCDX2"])
+    broken[17] = None  # type: ignore[call-overload]
+    warnings = ["earlier"]
+    args = (head, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, warnings)
+    assert mapping.fast_condition([no_code, broken], *args) is None
+    assert warnings == ["earlier"]
+    assert mapping.fast_condition([no_code[:18]], *args) is None  # shorter than the reader pads
+    assert mapping.fast_condition([no_code], *args) == []
+    assert warnings == ["earlier", "PRB without a problem code"]
+    (only,) = mapping.fast_condition([[*broken[:17], "", "1", *broken[19:]]], *args) or []
+    assert only.name == "高血圧症" and only.main is True  # no PRB-17 text: the code's display
+
+
 # -- the compiled split's 16-byte ASCII step ---------------------------------------------------------------
 
 _ASCII_RUN = st.text(alphabet="AZaz09|^~\\&\r\n ", max_size=48).map(str.encode)
@@ -350,7 +402,10 @@ def test_registration_refuses_what_is_not_an_object_slot_of_the_class() -> None:
     def names(cls: type) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
-    good = [RecordKey, names(RecordKey), LabResult, names(LabResult), Prescription, names(Prescription)]
+    good = [
+        *(RecordKey, names(RecordKey), LabResult, names(LabResult)),
+        *(Prescription, names(Prescription), Condition, names(Condition)),
+    ]
     try:
         with pytest.raises(TypeError, match="is not a slot"):
             _fastmap.register(Plain, ("x",), *good[2:])
