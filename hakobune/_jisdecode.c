@@ -526,6 +526,68 @@ split(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return run(args[0], 1, pad, masks, masks_len);
 }
 
+/* hakobune.hl7.to_iso_python: what to_iso gives for anything but the forms below. */
+static PyObject *iso_fallback = NULL;
+
+static PyObject *
+set_iso_fallback(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    if (!PyCallable_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "the fallback must be callable");
+        return NULL;
+    }
+    Py_XSETREF(iso_fallback, Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
+static inline int
+ascii_digits(const Py_UCS1 *d, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (d[i] < '0' || d[i] > '9') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* hakobune.hl7.to_iso for the forms nearly every date in a message takes -- "" and 8, 12 or 14 ASCII
+ * digits whose month is 01..12 and day 01..31 (the hour and minute are copied as they are, as the Python
+ * code does) -- and the Python code (to_iso_python) for everything else.  Tests compare the two. */
+static PyObject *
+to_iso(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    if (PyUnicode_CheckExact(arg) && PyUnicode_KIND(arg) == PyUnicode_1BYTE_KIND) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(arg);
+        const Py_UCS1 *d = PyUnicode_1BYTE_DATA(arg);
+        if (n == 0) {
+            return Py_NewRef(empty_str);
+        }
+        if ((n == 8 || n == 12 || n == 14) && ascii_digits(d, n)) {
+            int month = (d[4] - '0') * 10 + (d[5] - '0'), day = (d[6] - '0') * 10 + (d[7] - '0');
+            if (month >= 1 && month <= 12 && day >= 1 && day <= 31) {
+                char out[19] = {(char)d[0], (char)d[1], (char)d[2], (char)d[3], '-', (char)d[4], (char)d[5], '-',
+                                (char)d[6], (char)d[7]};
+                Py_ssize_t len = 10;
+                if (n >= 12) {
+                    const char tail[9] = {'T', (char)d[8], (char)d[9], ':', (char)d[10], (char)d[11], ':',
+                                          (char)(n == 14 ? d[12] : 0), (char)(n == 14 ? d[13] : 0)};
+                    memcpy(out + 10, tail, sizeof tail);
+                    len = n == 14 ? 19 : 16;
+                }
+                return PyUnicode_FromStringAndSize(out, len);
+            }
+        }
+    }
+    if (iso_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "to_iso: no fallback set (set_iso_fallback)");
+        return NULL;
+    }
+    return PyObject_CallOneArg(iso_fallback, arg);
+}
+
 static PyMethodDef methods[] = {
     {"set_jis0208", set_jis0208, METH_O, "Install the JIS X 0208 table (94 x 94 characters, NUL = unmapped)."},
     {"decode", decode, METH_O,
@@ -534,6 +596,8 @@ static PyMethodDef methods[] = {
      "split(raw, pad, masks=None): decode, then segments as field lists padded to pad (MSH-1 is the\n"
      "separator), for a message with the standard delimiters MSH|^~\\& ending in CR, LF or FS; None when it\n"
      "needs the full path.  masks (hakobune.hl7.field_masks): the fields to make, the others left \"\"."},
+    {"set_iso_fallback", set_iso_fallback, METH_O, "Install hakobune.hl7.to_iso_python, which to_iso defers to."},
+    {"to_iso", to_iso, METH_O, "hakobune.hl7.to_iso: HL7 DT/DTM to ISO 8601 text (see the C source)."},
     {NULL, NULL, 0, NULL},
 };
 

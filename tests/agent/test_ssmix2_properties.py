@@ -19,7 +19,7 @@ from agent.ssmix2.message import PAD, parse
 from agent.ssmix2.reader import FileOutcome, Status, read_file
 from hakobune import records
 from hakobune.errors import UnreadableMessage
-from hakobune.hl7 import decode, encode_message, escape, to_iso
+from hakobune.hl7 import decode, encode_message, escape, to_iso, to_iso_python
 from hakobune.records import Allergy, Coding, Condition, LabResult, Patient, Prescription, Record, RecordKey
 from tests.conftest import make_message, msh, ssmix_relpath, write_tree
 
@@ -406,6 +406,22 @@ def test_records_encode_decode_round_trip(scratch: Path, gen: Generated) -> None
 @given(st.text(max_size=30) | st.from_regex(r"\A[0-9]{0,16}(\.[0-9]{0,4})?([+-][0-9]{4})?\Z"))
 def test_to_iso_never_raises(value: str) -> None:
     assert isinstance(to_iso(value), str)
+
+
+@PROPERTY
+@given(
+    st.from_regex(r"\A[0-9]{8}([0-9]{4}([0-9]{2})?)?\Z")
+    | st.text(alphabet="0123456789²１", min_size=8, max_size=14)
+    | st.text(max_size=16)
+)
+@example("20240431")  # a day the calendar lacks is kept as the Python code keeps it
+@example("20240001")
+@example("20241232")
+@example("202404011")
+def test_the_compiled_to_iso_gives_the_python_codes_text(value: str) -> None:
+    if to_iso is to_iso_python:
+        pytest.skip("compiled fast path not built")
+    assert to_iso(value) == to_iso_python(value)
 
 
 moments = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2099, 12, 31))
