@@ -11,12 +11,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
 from agent.ssmix2 import FileOutcome, Status
 from agent.ssmix2.reader import map_patients, read_patients
 from hakobune.parallel import cycle_collection_paused
+from hakobune.records import Record
 
 
 @dataclass(slots=True)
@@ -129,14 +131,15 @@ _kind = attrgetter("kind")
 def summarize(outcomes: list[FileOutcome], root: str = "") -> CheckReport:
     """Summary of the outcomes of whole patient folders (files of one patient are adjacent).
 
-    Runs once per file of the tree, so the counts are kept in locals and the records counted by kind in
-    one C loop (``Counter.update``)."""
+    Runs once per file of the tree, so the counts are kept in locals, a file's patient folder is found
+    again only when its path leaves the current one, and the records are counted by kind in one C loop
+    (``Counter.update``) over the whole batch."""
     rep = CheckReport(root=root)
     by_type = rep.by_type
-    kinds = rep.records_by_kind
+    current: list[list[Record]] = []  # the records of current files, counted by kind at the end
     files = size = read = 0
     first_date = last_date = ""
-    cur_patient = ""
+    cur_patient = cur_prefix = ""
     cur_types: set[str] = set()
     any_read = False
 
@@ -152,10 +155,12 @@ def summarize(outcomes: list[FileOutcome], root: str = "") -> CheckReport:
     for o in outcomes:
         files += 1
         size += o.size
-        folder = _patient_folder(o.relpath)
-        if folder != cur_patient:
-            close_patient()
-            cur_patient = folder
+        if not (cur_prefix and o.relpath.startswith(cur_prefix)):
+            folder = _patient_folder(o.relpath)
+            if folder != cur_patient:
+                close_patient()
+                cur_patient = folder
+                cur_prefix = folder + "/" if folder else ""
         status = o.status
         if status is Status.QUARANTINED:
             rep.quarantined += 1
@@ -180,7 +185,7 @@ def summarize(outcomes: list[FileOutcome], root: str = "") -> CheckReport:
             any_read = True
             records = o.records
             tc.records += len(records)
-            kinds.update(map(_kind, records))
+            current.append(records)
         elif flag == "2":
             tc.superseded += 1
         else:
@@ -194,6 +199,7 @@ def summarize(outcomes: list[FileOutcome], root: str = "") -> CheckReport:
         if o.warnings:
             rep.warnings.update(o.warnings)
     close_patient()
+    rep.records_by_kind.update(map(_kind, chain.from_iterable(current)))
     rep.files, rep.bytes, rep.read = files, size, read
     rep.first_date, rep.last_date = first_date, last_date
     return rep
