@@ -47,14 +47,6 @@ def map_rx_given(
     warnings: list[str],
     /,
 ) -> list[Record] | None: ...
-def map_condition(
-    segments: list[list[str]],
-    key_head: tuple[str, str, str, str],
-    comp: str,
-    codings: dict[str, Coding | None],
-    coding: Callable[[str], Coding | None],
-    to_iso: Callable[[str], str],
-    unescape: Callable[[str], str],
-    warnings: list[str],
-    /,
-) -> list[Record] | None: ...
+
+# (the same arguments as map_lab)
+map_condition = map_lab

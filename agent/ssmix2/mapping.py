@@ -195,12 +195,16 @@ def _map_adt61(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 
 
 def _map_ppr01(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
-    fast = fast_condition
-    if fast is not None:
-        out = fast(msg.segments, ctx.name.file_key, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, w)
-        if out is not None:
-            return out
-    return _map_ppr01_python(ctx, msg, w)
+    out = _run_compiled(fast_condition, ctx, msg, w)
+    return out if out is not None else _map_ppr01_python(ctx, msg, w)
+
+
+def _run_compiled(fast: FastMapper | None, ctx: _Ctx, msg: Message, w: Warnings) -> list[Record] | None:
+    """What the compiled mapper ``fast`` (one of map_lab's arguments) makes of the message; None when it
+    steps aside or is not built."""
+    if fast is None:
+        return None
+    return fast(msg.segments, ctx.name.file_key, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, w)
 
 
 def _map_ppr01_python(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
@@ -484,12 +488,8 @@ fast_lab, fast_rx_order, fast_rx_given, fast_condition = _load_fast_mappers()
 
 
 def _map_oul(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
-    fast = fast_lab
-    if fast is not None:
-        out = fast(msg.segments, ctx.name.file_key, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, w)
-        if out is not None:
-            return out
-    return _map_oul_python(ctx, msg, w)
+    out = _run_compiled(fast_lab, ctx, msg, w)
+    return out if out is not None else _map_oul_python(ctx, msg, w)
 
 
 def _map_oul_python(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:

@@ -125,20 +125,25 @@ def test_fast_decode_and_parse_agree_with_the_reference_or_step_aside(raw: bytes
     assert _outcome(raw) == _reference_outcome(raw)
 
 
+def _segment_fields(alphabet: str, fields: int, segments: int) -> st.SearchStrategy[list[list[str]]]:
+    """Up to ``segments`` field lists of up to ``fields`` fields, their text from ``alphabet``."""
+    field = st.text(alphabet=alphabet, max_size=8)
+    return st.lists(st.lists(field, min_size=1, max_size=fields), min_size=1, max_size=segments)
+
+
+def _message_of(fields: list[list[str]], ids: int) -> bytes:
+    """A message of an MSH and one segment per field list, their IDs ZZ0, ZZ1 … (``ids`` of them, in turn)."""
+    segments = ["MSH|^~\\&|SEND||||20240401||ADT^A08|1|P|2.5"] + [
+        f"ZZ{i % ids}|" + "|".join(f) for i, f in enumerate(fields)
+    ]
+    return encode_message(segments)
+
+
 @needs_fast
 @MANY
-@given(
-    st.lists(
-        st.lists(st.text(alphabet="京都齋藤髙橋①Ⅱ㈱ｱｲ abc123-^~&\\", max_size=8), min_size=1, max_size=6),
-        min_size=1,
-        max_size=8,
-    )
-)
+@given(_segment_fields("京都齋藤髙橋①Ⅱ㈱ｱｲ abc123-^~&\\", fields=6, segments=8))
 def test_generated_messages_parse_the_same_on_both_paths(fields: list[list[str]]) -> None:
-    segments = ["MSH|^~\\&|SEND|||||20240401||ADT^A08|1|P|2.5"] + [
-        "ZZ" + str(i % 10) + "|" + "|".join(f) for i, f in enumerate(fields)
-    ]
-    raw = encode_message(segments)
+    raw = _message_of(fields, 10)
     expected = _split_general(raw)[0]
     assert _outcome(raw) == _reference_outcome(raw) == expected
     if b"\x1b(I" not in raw:  # JIS X 0201 kana runs take the general path
@@ -185,11 +190,7 @@ def _blanked(
 @needs_fast
 @MANY
 @given(
-    st.lists(
-        st.lists(st.text(alphabet="京都齋ｱ abc1-^~&\\", max_size=6), min_size=1, max_size=12),
-        min_size=1,
-        max_size=6,
-    ),
+    _segment_fields("京都齋ｱ abc1-^~&\\", fields=12, segments=6),
     st.lists(st.integers(1, 63), max_size=6).map(tuple),
     st.lists(st.integers(1, 63), max_size=6).map(tuple),
     st.lists(st.integers(1, 63), max_size=3).map(tuple),
@@ -198,10 +199,7 @@ def _blanked(
 def test_a_split_with_masks_makes_only_the_fields_named(
     fields: list[list[str]], msh: tuple[int, ...], zz1: tuple[int, ...], others: tuple[int, ...]
 ) -> None:
-    segments = ["MSH|^~\\&|SEND||||20240401||ADT^A08|1|P|2.5"] + [
-        "ZZ" + str(i % 3) + "|" + "|".join(f) for i, f in enumerate(fields)
-    ]
-    raw = encode_message(segments)
+    raw = _message_of(fields, 3)
     wanted = {"MSH": msh, "ZZ1": zz1}
     full = split_standard(raw, PAD)
     if full is None:  # (JIS X 0201 kana takes the general path)
