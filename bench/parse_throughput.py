@@ -141,16 +141,17 @@ def main() -> None:
     results["parse_in_memory_files_per_s_per_core"] = round(per_core_rate(sample))
     fast = hl7._fast_path
     mappers = ("fast_lab", "fast_rx_order", "fast_rx_given", "fast_condition")
-    saved = (fast.decode, fast.split, *(getattr(mapping, m) for m in mappers))
+    saved = (fast.decode, fast.split, mapping.to_iso, *(getattr(mapping, m) for m in mappers))
     # the pure-Python path alone (as without a C compiler)
     fast.decode = fast.split = None
+    mapping.to_iso = hl7.to_iso_python  # type: ignore[assignment]
     for m in mappers:
         setattr(mapping, m, None)
     try:
         results["parse_in_memory_pure_python_files_per_s_per_core"] = round(per_core_rate(sample[:5000], 1))
     finally:
-        fast.decode, fast.split = saved[:2]
-        for m, f in zip(mappers, saved[2:], strict=True):
+        fast.decode, fast.split, mapping.to_iso = saved[:3]
+        for m, f in zip(mappers, saved[3:], strict=True):
             setattr(mapping, m, f)
     try:
         import hl7 as python_hl7  # the general parser used as a test oracle
