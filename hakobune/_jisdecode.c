@@ -344,8 +344,6 @@ other_segment_id(const Py_UCS2 *buf, Py_ssize_t a, Py_ssize_t b)
     return !(buf[a] == 'M' && buf[a + 1] == 'S' && buf[a + 2] == 'H');
 }
 
-/* Segments of a decoded message with the standard delimiters (MSH|^~\&), or None (also when a segment
- * after MSH does not start with a segment ID, or is a second MSH: the Python path words why). */
 /* The fields wanted of the segment whose ID is chars [a, b): from masks (split's packed table: the mask of
  * segments not named, then entries of a 3-character ID and its mask, each mask 8 bytes little-endian), or
  * every field when masks is NULL. */
@@ -371,6 +369,8 @@ wanted_of(const unsigned char *masks, Py_ssize_t len, const Py_UCS2 *buf, Py_ssi
     return m;
 }
 
+/* Segments of a decoded message with the standard delimiters (MSH|^~\&), or None (also when a segment
+ * after MSH does not start with a segment ID, or is a second MSH: the Python path words why). */
 static PyObject *
 split_decoded(const Py_UCS2 *buf, Py_ssize_t count, const Py_ssize_t *marks, Py_ssize_t nmarks,
               Py_ssize_t pad, const unsigned char *masks, Py_ssize_t masks_len)

@@ -55,8 +55,7 @@ class _Ctx:
         self.comp, self.rep, self.sub = d.component, d.repetition, d.subcomponent
         self.name = name
         self.pid: list[str] | None = None
-        cache = _CODINGS.get(self.comp)  # (_coding_cache, inline: once per file of a tree)
-        self.codings = cache if cache is not None and len(cache) <= _CODINGS_MAX else _coding_cache(self.comp)
+        self.codings = _coding_cache(self.comp)
 
     def key(self, item: str) -> RecordKey:
         n = self.name
@@ -197,14 +196,6 @@ def _map_adt61(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
 def _map_ppr01(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
     out = _run_compiled(fast_condition, ctx, msg, w)
     return out if out is not None else _map_ppr01_python(ctx, msg, w)
-
-
-def _run_compiled(fast: FastMapper | None, ctx: _Ctx, msg: Message, w: Warnings) -> list[Record] | None:
-    """What the compiled mapper ``fast`` (one of map_lab's arguments) makes of the message; None when it
-    steps aside or is not built."""
-    if fast is None:
-        return None
-    return fast(msg.segments, ctx.name.file_key, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, w)
 
 
 def _map_ppr01_python(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
@@ -485,6 +476,14 @@ def _load_fast_mappers() -> FastMappers:
 #: The compiled forms of :func:`_map_oul`, :func:`_map_rde_oral`, :func:`_map_ras_oral` and
 #: :func:`_map_ppr01` (same records; tests compare), or None.
 fast_lab, fast_rx_order, fast_rx_given, fast_condition = _load_fast_mappers()
+
+
+def _run_compiled(fast: FastMapper | None, ctx: _Ctx, msg: Message, w: Warnings) -> list[Record] | None:
+    """What the compiled mapper ``fast`` (one of map_lab's arguments) makes of the message; None when it
+    steps aside or is not built."""
+    if fast is None:
+        return None
+    return fast(msg.segments, ctx.name.file_key, ctx.comp, ctx.codings, ctx.coding, to_iso, unescape, w)
 
 
 def _map_oul(ctx: _Ctx, msg: Message, w: Warnings) -> list[Record]:
